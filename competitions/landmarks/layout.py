@@ -1,0 +1,126 @@
+"""File layout of Kaggle's Google Landmark Recognition 2020 data, and checks on it.
+
+Why a module of its own: the real data (1.5 M training images) and the synthetic demo
+(`demo.py`) share one layout, so readers, writers and validators must agree on it in a
+single place.  The layout is::
+
+    train.csv                 id,landmark_id      (one row per training image)
+    train/a/b/c/abc....jpg    images, nested by the first three characters of the id
+    test/a/b/c/abc....jpg
+    sample_submission.csv     id,landmarks        (landmarks: "<landmark_id> <confidence>")
+
+Every problem found raises `DataError` (a `ValueError`) whose message names the file and
+what is wrong with it, so a user with a half-downloaded folder knows what to fix.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+try:  # the shared error type, when the core provides it
+    from common.errors import DataError
+except ImportError:  # pragma: no cover - depends on what the lead has committed
+    DataError = ValueError
+
+TRAIN_CSV = "train.csv"
+SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
+TRAIN_COLUMNS = ("id", "landmark_id")
+SUBMISSION_COLUMNS = ("id", "landmarks")
+_ID_PATTERN = re.compile(r"^[0-9a-zA-Z]{3,}$")
+# "<non-negative int> <float>", e.g. "138982 0.87" or "7 1e-05"
+_PREDICTION_PATTERN = r"\d+ [-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+def image_path(root: str | Path, split: str, image_id: str) -> Path:
+    """Path of one image: ``root/split/a/b/c/abc....jpg`` for id ``abc...``."""
+    image_id = str(image_id)
+    if not _ID_PATTERN.match(image_id):
+        raise DataError(f"image id {image_id!r} is not alphanumeric with at least 3 characters")
+    return Path(root) / split / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
+
+
+def list_images(root: str | Path, split: str) -> list[str]:
+    """Sorted ids of every ``.jpg`` under ``root/split`` (checking each sits in its folder)."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found")
+    ids = []
+    for path in folder.rglob("*.jpg"):
+        if path != image_path(root, split, path.stem):
+            raise DataError(f"{path}: misplaced image, expected at {image_path(root, split, path.stem)}")
+        ids.append(path.stem)
+    return sorted(ids)
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; expected {list(columns)}, found {list(df.columns)}")
+    if df["id"].duplicated().any():
+        raise DataError(f"{path}: duplicated ids, e.g. {df['id'][df['id'].duplicated()].iloc[0]!r}")
+    return df
+
+
+def read_train_csv(root: str | Path, *, check_images: bool = True) -> pd.DataFrame:
+    """``train.csv`` as a table ``id`` (str), ``landmark_id`` (int), ``path`` (Path).
+
+    `check_images` stats every image (slow-ish on the full 1.5 M-image set) and fails on
+    the first ones that are absent.
+    """
+    csv = Path(root) / TRAIN_CSV
+    df = _read_csv(csv, TRAIN_COLUMNS)
+    bad = ~df["landmark_id"].str.fullmatch(r"\d+")
+    if bad.any():
+        row = df[bad].iloc[0]
+        raise DataError(f"{csv}: landmark_id {row['landmark_id']!r} of image {row['id']} is not an integer")
+    df["landmark_id"] = df["landmark_id"].astype("int64")
+    df["path"] = [image_path(root, "train", i) for i in df["id"]]
+    if check_images:
+        absent = [p for p in df["path"] if not p.is_file()]
+        if absent:
+            raise DataError(f"{csv}: {len(absent)} listed image(s) not found, e.g. {absent[0]}")
+    return df
+
+
+def read_sample_submission(root: str | Path) -> pd.DataFrame:
+    """``sample_submission.csv`` as strings (empty ``landmarks`` stays ``""``)."""
+    return _read_csv(Path(root) / SAMPLE_SUBMISSION_CSV, SUBMISSION_COLUMNS)
+
+
+def format_prediction(landmark_id: int, confidence: float) -> str:
+    """One submission cell: ``"<landmark_id> <confidence>"``."""
+    if int(landmark_id) != landmark_id or landmark_id < 0:
+        raise DataError(f"landmark id {landmark_id!r} is not a non-negative integer")
+    if not math.isfinite(confidence):
+        raise DataError(f"confidence {confidence!r} for landmark {landmark_id} is not finite")
+    return f"{int(landmark_id)} {float(confidence):.6f}"
+
+
+def validate_submission(df: pd.DataFrame, sample_df: pd.DataFrame) -> None:
+    """Raise `DataError` unless `df` has the sample's ids in its order and well-formed cells.
+
+    A cell is empty (or NaN: no landmark predicted) or exactly one ``"<int> <float>"`` pair.
+    """
+    if list(df.columns) != list(SUBMISSION_COLUMNS):
+        raise DataError(f"submission: columns {list(df.columns)}, expected {list(SUBMISSION_COLUMNS)}")
+    if len(df) != len(sample_df):
+        raise DataError(f"submission: {len(df)} rows, the sample submission has {len(sample_df)}")
+    ids, expected = df["id"].astype(str).to_numpy(), sample_df["id"].astype(str).to_numpy()
+    mismatch = (ids != expected).nonzero()[0]
+    if len(mismatch):
+        i = mismatch[0]
+        raise DataError(f"submission: {len(mismatch)} id(s) differ from the sample submission's order, "
+                        f"first at row {i}: {ids[i]!r} instead of {expected[i]!r}")
+    cells = df["landmarks"]
+    filled = cells.notna() & (cells.astype(str).str.strip() != "")
+    bad = filled & ~cells.astype(str).str.strip().str.fullmatch(_PREDICTION_PATTERN)
+    if bad.any():
+        i = bad.to_numpy().nonzero()[0][0]
+        raise DataError(f"submission: {int(bad.sum())} malformed landmarks cell(s), first at row {i} "
+                        f"(id {ids[i]}): {cells.iloc[i]!r}; expected empty or '<landmark_id> <confidence>'")

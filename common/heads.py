@@ -1,0 +1,400 @@
+"""Classification heads that shape an embedding space: softmax and the angular-margin family.
+
+Why: identification (whales, landmarks) is solved by nearest-neighbour search over embeddings,
+but embeddings learn best when trained as a classifier over the known identities. Margin heads
+(SphereFace, CosFace, ArcFace, ...) put class centres and embeddings on the unit sphere and
+demand that an image be closer to its own centre than to any other by a margin, which makes
+classes compact and well separated under cosine similarity; at test time the head is dropped
+and only the embedding is used.
+
+Contract every head follows (the trainer relies on it):
+
+* ``forward(embeddings [B, D], labels [B] | None) -> logits [B, C]``; the training loss is
+  ``F.cross_entropy(logits, labels)``, computed by the trainer. With ``labels=None`` the logits
+  carry no margin (``s * cos``), for validation and inference.
+* ``head.weight`` is the class-centre matrix ``[C * K, D]`` (K sub-centres per class, K = 1
+  except for ``subcenter_arcface``; rows ``c*K .. c*K+K-1`` belong to class ``c``, as in
+  pytorch-metric-learning), so the trainer can give it its own learning-rate multiplier.
+
+Numerical safety: cosines and margins are computed in float32 with autocast disabled (fp16
+logits of ``s * cos`` and the margin arithmetic lose too much precision), cosines are clamped
+before ``acos`` / ``sqrt(1 - cos^2)`` so that ``cos = +-1`` gives finite gradients, and nothing
+depends on how many images of an identity are in the batch.
+
+Heads are created by name from the ``HEADS`` registry; each class reads the keys of the config
+section ``head:`` that apply to it in ``from_params``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HEADS: dict[str, type[nn.Module]] = {}
+
+
+def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator adding a head to ``HEADS`` under ``name``."""
+
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in HEADS:
+            raise ValueError(f"head {name!r} is registered twice")
+        HEADS[name] = cls
+        return cls
+
+    return add
+
+
+def create_head(
+    name: str,
+    in_features: int,
+    num_classes: int,
+    params: Mapping,
+    class_counts: Sequence[int] | None = None,
+) -> nn.Module:
+    """Build the head ``name`` from the config section ``head:`` (``params``).
+
+    ``class_counts[c]`` (images of class c in the training fold) is needed only by dynamic margins.
+    """
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; choose one of {sorted(HEADS)}")
+    return HEADS[name].from_params(in_features, num_classes, params, class_counts)
+
+
+def _full_precision(tensor: torch.Tensor) -> torch.autocast:
+    """Context that switches autocast off on the tensor's device."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
+def _at_least_float32(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Cast half/bfloat16 (and mixed) tensors to float32; float64 stays float64 (gradcheck)."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return [tensor.to(dtype) for tensor in tensors]
+
+
+def _chebyshev_t(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """``T_n(x) = cos(n * acos(x))`` by the recurrence ``T_{n+1} = 2x T_n - T_{n-1}`` (differentiable)."""
+    previous, current = torch.ones_like(x), x
+    for _ in range(degree - 1):
+        previous, current = current, 2 * x * current - previous
+    return current
+
+
+def dynamic_margins(class_counts: Sequence[int], m_min: float, m_max: float) -> torch.Tensor:
+    """Per-class ArcFace margins that grow for rare classes (GLR 2020 winners, Ha et al.).
+
+    ``m_c = a * n_c^(-1/4) + b``, min-max scaled into ``[m_min, m_max]``: the rarest class gets
+    ``m_max``, the most frequent ``m_min``. After the scaling ``a`` and ``b`` no longer matter,
+    which is why the config has no keys for them. Classes with 0 images count as 1; if every
+    class has the same count, all get ``m_max``.
+    """
+    if m_min > m_max:
+        raise ValueError(f"head.m_min ({m_min}) must not exceed head.m_max ({m_max})")
+    counts = torch.as_tensor(np.asarray(class_counts, dtype=np.float64)).clamp(min=1.0)
+    rarity = counts.pow(-0.25)
+    spread = rarity.max() - rarity.min()
+    if spread == 0:
+        return torch.full_like(rarity, float(m_max))
+    return m_min + (m_max - m_min) * (rarity - rarity.min()) / spread
+
+
+@register_head("softmax")
+class SoftmaxHead(nn.Module):
+    """Plain linear classifier (``x W^T + b``); no normalisation, no margin, labels unused."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        linear = nn.Linear(in_features, num_classes)  # borrow nn.Linear's initialisation
+        self.weight = linear.weight
+        self.bias = linear.bias
+
+    @classmethod
+    def from_params(cls, in_features, num_classes, params, class_counts=None):
+        return cls(in_features, num_classes)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        with _full_precision(embeddings):
+            return F.linear(*_at_least_float32(embeddings, self.weight, self.bias))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.weight.shape[1]}, num_classes={self.weight.shape[0]}"
+
+
+class CosineHead(nn.Module):
+    """Shared machinery: ``logits = s * cos(x, W_c)`` with a margin on the target class only.
+
+    Subclasses override ``target_logit(cos_target, labels)``, which maps the cosine of each
+    image to its own class to the margin-penalised value (still before scaling by ``s``).
+    With ``subcenters = K > 1`` each class has K centres and its cosine is the max over them.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, s: float = 30.0, subcenters: int = 1):
+        super().__init__()
+        if subcenters < 1:
+            raise ValueError(f"head.subcenters must be >= 1, got {subcenters}")
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.subcenters = int(subcenters)
+        self.s = float(s)
+        self.weight = nn.Parameter(torch.empty(num_classes * self.subcenters, in_features))
+        nn.init.xavier_uniform_(self.weight)
+
+    @classmethod
+    def from_params(cls, in_features, num_classes, params, class_counts=None):
+        return cls(in_features, num_classes, s=params.get("s", 30.0))
+
+    def subcenter_cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine of every embedding to every centre, ``[B, C, K]``, at least float32."""
+        with _full_precision(embeddings):
+            embeddings, weight = _at_least_float32(embeddings, self.weight)
+            cos = F.linear(F.normalize(embeddings, dim=1), F.normalize(weight, dim=1))
+        return cos.view(-1, self.num_classes, self.subcenters)
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine of every embedding to every class (max over sub-centres), ``[B, C]``."""
+        return self.subcenter_cosine(embeddings).amax(dim=2)
+
+    def target_logit(self, cos_target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return cos_target
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        cos = self.cosine(embeddings)
+        if labels is None:
+            return self.s * cos
+        labels = labels.long().view(-1, 1)
+        with _full_precision(cos):
+            target = self.target_logit(cos.gather(1, labels).squeeze(1), labels.squeeze(1))
+            logits = cos.scatter(1, labels, target.unsqueeze(1).to(cos.dtype))
+        return self.s * logits
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, subcenters={self.subcenters}, s={self.s}"
+
+
+@register_head("norm_softmax")
+class NormSoftmaxHead(CosineHead):
+    """NormFace: scaled cosine logits without a margin (pml's NormalizedSoftmaxLoss, T = 1/s)."""
+
+
+@register_head("cosface")
+class CosFaceHead(CosineHead):
+    """CosFace / AM-Softmax: target logit ``cos(theta) - m`` (key ``m_cos``)."""
+
+    def __init__(self, in_features: int, num_classes: int, s: float = 30.0, m: float = 0.35):
+        super().__init__(in_features, num_classes, s=s)
+        self.m = float(m)
+
+    @classmethod
+    def from_params(cls, in_features, num_classes, params, class_counts=None):
+        return cls(in_features, num_classes, s=params.get("s", 30.0), m=params.get("m_cos", 0.35))
+
+    def target_logit(self, cos_target, labels):
+        return cos_target - self.m
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, m={self.m}"
+
+
+@register_head("sphereface")
+class SphereFaceHead(CosineHead):
+    """SphereFace / A-Softmax, feature-normalised variant: target logit ``psi(theta)``.
+
+    ``psi(theta) = (-1)^k cos(m theta) - 2k`` for ``theta in [k pi/m, (k+1) pi/m]``, which keeps
+    the target logit decreasing over ``[0, pi]``. Weights *and* features are normalised and the
+    logits scaled by ``s`` (the original paper keeps ``|x|`` instead of ``s``; with unit-norm
+    embeddings the two coincide, which the parity test uses). ``cos(m theta)`` is evaluated as
+    the Chebyshev polynomial of ``cos theta``, so it stays differentiable at ``cos = +-1``.
+    The paper's lambda-annealing (blending ``psi`` with ``cos`` early in training) is not done.
+    Key: ``m_sphere`` (integer >= 1).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, s: float = 30.0, m: int = 4):
+        super().__init__(in_features, num_classes, s=s)
+        if int(m) != m or m < 1:
+            raise ValueError(f"head.m_sphere must be an integer >= 1, got {m}")
+        self.m = int(m)
+
+    @classmethod
+    def from_params(cls, in_features, num_classes, params, class_counts=None):
+        return cls(in_features, num_classes, s=params.get("s", 30.0), m=params.get("m_sphere", 4))
+
+    def target_logit(self, cos_target, labels):
+        c = cos_target.clamp(-1.0, 1.0)
+        cos_m_theta = _chebyshev_t(c, self.m)
+        with torch.no_grad():
+            k = torch.floor(torch.acos(c) * self.m / math.pi)
+        sign = 1.0 - 2.0 * torch.remainder(k, 2.0)  # (-1)^k
+        return sign * cos_m_theta - 2.0 * k
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, m={self.m}"
+
+
+@register_head("arcface")
+class ArcFaceHead(CosineHead):
+    """ArcFace: target logit ``cos(theta + m)`` with the standard fallback past ``pi - m``.
+
+    ``cos(theta + m)`` stops decreasing once ``theta + m > pi``; there the InsightFace form
+    ``phi = where(cos > th, cos(theta + m), cos - mm)`` with ``th = cos(pi - m)`` and
+    ``mm = sin(pi - m) * m`` switches to a CosFace-like penalty, keeping the logit monotonic.
+    ``easy_margin`` instead applies the margin only where ``cos > 0``.
+    ``cos(theta + m) = cos*cos(m) - sin(theta)*sin(m)`` needs no ``acos``.
+
+    The margin ``m`` (radians) can be one number or one per class (dynamic margins, see
+    ``dynamic_margins``). ``subcenters > 1`` gives Sub-center ArcFace.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        s: float = 30.0,
+        m: float | Sequence[float] | torch.Tensor = 0.5,
+        easy_margin: bool = False,
+        subcenters: int = 1,
+    ):
+        super().__init__(in_features, num_classes, s=s, subcenters=subcenters)
+        margins = torch.as_tensor(m, dtype=torch.float32)
+        if margins.ndim == 0:
+            margins = margins.repeat(num_classes)
+        if margins.shape != (num_classes,):
+            raise ValueError(f"need one margin or {num_classes} per-class margins, got shape {tuple(margins.shape)}")
+        self.easy_margin = bool(easy_margin)
+        self.register_buffer("margins", margins.clone())
+
+    @classmethod
+    def margins_from_params(cls, num_classes, params, class_counts):
+        """The fixed margin ``m``, or per-class margins when ``dynamic_margin`` is on."""
+        if not params.get("dynamic_margin", False):
+            return params.get("m", 0.5)
+        if class_counts is None:
+            raise ValueError(f"head.dynamic_margin=true needs class_counts for {cls.__name__}")
+        if len(class_counts) != num_classes:
+            raise ValueError(f"class_counts has {len(class_counts)} entries for {num_classes} classes")
+        return dynamic_margins(class_counts, params.get("m_min", 0.2), params.get("m_max", 0.5))
+
+    @classmethod
+    def from_params(cls, in_features, num_classes, params, class_counts=None):
+        return cls(
+            in_features,
+            num_classes,
+            s=params.get("s", 30.0),
+            m=cls.margins_from_params(num_classes, params, class_counts),
+            easy_margin=params.get("easy_margin", False),
+        )
+
+    def target_logit(self, cos_target, labels):
+        m = self.margins[labels].to(cos_target.dtype)
+        # Clamp: sqrt has an infinite derivative at 0 (cos = +-1); the clamped value has zero gradient.
+        eps = torch.finfo(cos_target.dtype).eps
+        sin_theta = torch.sqrt((1.0 - cos_target * cos_target).clamp(min=eps))
+        phi = cos_target * torch.cos(m) - sin_theta * torch.sin(m)
+        if self.easy_margin:
+            return torch.where(cos_target > 0, phi, cos_target)
+        th, mm = torch.cos(math.pi - m), torch.sin(math.pi - m) * m
+        return torch.where(cos_target > th, phi, cos_target - mm)
+
+    def extra_repr(self) -> str:
+        low, high = self.margins.min().item(), self.margins.max().item()
+        margin = f"m={low:g}" if low == high else f"m=[{low:g}..{high:g}] per class"
+        return f"{super().extra_repr()}, {margin}, easy_margin={self.easy_margin}"
+
+
+@register_head("subcenter_arcface")
+class SubCenterArcFaceHead(ArcFaceHead):
+    """Sub-center ArcFace (Deng et al. 2020): K centres per class, cosine = max over them.
+
+    Noisy images of a class gather at non-dominant sub-centres instead of pulling the main
+    centre; ``find_outliers`` then finds them. Key: ``subcenters`` (K).
+    """
+
+    @classmethod
+    def from_params(cls, in_features, num_classes, params, class_counts=None):
+        return cls(
+            in_features,
+            num_classes,
+            s=params.get("s", 30.0),
+            m=cls.margins_from_params(num_classes, params, class_counts),
+            easy_margin=params.get("easy_margin", False),
+            subcenters=params.get("subcenters", 3),
+        )
+
+
+@register_head("combined")
+class CombinedMarginHead(CosineHead):
+    """InsightFace's combined margin: target logit ``cos(m1*theta + m2) - m3``.
+
+    ``(1, m, 0)`` is ArcFace, ``(1, 0, m)`` CosFace, ``(m, 0, 0)`` a real-valued SphereFace.
+    Past ``theta* = (pi - m2) / m1`` the cosine would turn back up, so there the logit continues
+    as ``cos(theta) - (1 + cos(theta*)) - m3``: continuous at ``theta*`` and decreasing. (ArcFace's
+    own fallback ``cos - sin(m)*m`` is a first-order approximation that jumps at ``pi - m``; the
+    two agree for every ``theta < pi - m``.) Keys: ``m1, m2, m3``.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, s: float = 30.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0):
+        super().__init__(in_features, num_classes, s=s)
+        if m1 <= 0:
+            raise ValueError(f"head.m1 must be > 0, got {m1}")
+        self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
+        self.theta_limit = (math.pi - self.m2) / self.m1
+        self.fallback_shift = 1.0 + math.cos(self.theta_limit)
+
+    @classmethod
+    def from_params(cls, in_features, num_classes, params, class_counts=None):
+        return cls(
+            in_features,
+            num_classes,
+            s=params.get("s", 30.0),
+            m1=params.get("m1", 1.0),
+            m2=params.get("m2", 0.5),
+            m3=params.get("m3", 0.0),
+        )
+
+    def target_logit(self, cos_target, labels):
+        # Clamped strictly inside (-1, 1) (by one machine epsilon): acos's derivative is infinite at the ends.
+        eps = torch.finfo(cos_target.dtype).eps
+        theta = torch.acos(cos_target.clamp(-1.0 + eps, 1.0 - eps))
+        with_margin = torch.cos(self.m1 * theta + self.m2)
+        fallback = cos_target - self.fallback_shift
+        return torch.where(theta <= self.theta_limit, with_margin, fallback) - self.m3
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
+
+
+@torch.no_grad()
+def find_outliers(
+    head: CosineHead,
+    embeddings: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray | Sequence[int],
+    dominant_threshold_deg: float = 75.0,
+) -> np.ndarray:
+    """Flag images far from their class's dominant sub-centre (Sub-center ArcFace's cleaning step).
+
+    Each image is assigned to the nearest of its own class's K sub-centres; the class's dominant
+    sub-centre is the one with most images assigned (ties: the lowest index). An image is an
+    outlier when its angle to that dominant sub-centre exceeds ``dominant_threshold_deg``.
+    The paper drops these images and retrains. Returns a bool array of length N.
+    """
+    embeddings = torch.as_tensor(embeddings)
+    labels = torch.as_tensor(labels).long().cpu()
+    if embeddings.ndim != 2 or len(embeddings) != len(labels):
+        raise ValueError(f"need embeddings [N, D] and N labels, got {tuple(embeddings.shape)} and {len(labels)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= head.num_classes):
+        raise ValueError(f"labels must lie in [0, {head.num_classes}), got [{labels.min()}, {labels.max()}]")
+    k = head.subcenters
+    centres = F.normalize(head.weight.detach().float().cpu(), dim=1).view(head.num_classes, k, -1)
+    unit = F.normalize(embeddings.detach().float().cpu(), dim=1)
+    cos_own = torch.einsum("nd,nkd->nk", unit, centres[labels])  # [N, K]: cosine to own sub-centres
+    nearest = cos_own.argmax(dim=1)
+    votes = torch.bincount(labels * k + nearest, minlength=head.num_classes * k).view(-1, k)
+    dominant = votes.argmax(dim=1)[labels]
+    cos_dominant = cos_own.gather(1, dominant.unsqueeze(1)).squeeze(1)
+    return (cos_dominant < math.cos(math.radians(dominant_threshold_deg))).numpy()

@@ -1,0 +1,45 @@
+"""`python -m competitions.<name> <command> [key=value ...]`: the one entry point behind run.sh.
+
+Commands are looked up in the competition module's COMMANDS registry (name -> function(comp, cfg,
+positional_args)); bad input and bad configuration end with a one-line error, not a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .config import load_config
+from .errors import ConfigError, DataError
+
+USAGE = """usage: ./run.sh <competition> <command> [key=value ...]
+       ./run.sh test [pytest args]
+       ./run.sh bench <name>
+competition {name}: commands {commands}"""
+
+
+def demo_data(comp, cfg, args) -> None:
+    """`demo-data [DIR]`: write the competition's synthetic dataset (default inputs/demo/<name>)."""
+    from .paths import REPO_ROOT
+
+    target = Path(args[0]) if args else REPO_ROOT / "inputs" / "demo" / comp.name
+    comp.write_demo(target)
+    (target / ".complete").write_text("ok\n")
+    print(f"demo data for {comp.name} written to {target}")
+
+
+def main(module, argv: list[str]) -> int:
+    comp, commands = module.COMPETITION, module.COMMANDS
+    usage = USAGE.format(name=comp.name, commands=", ".join(commands))
+    if not argv or argv[0] not in commands:
+        print((f"unknown command '{argv[0]}'\n" if argv else "") + usage, file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    positional = [a for a in rest if "=" not in a]
+    overrides = [a for a in rest if "=" in a]
+    try:
+        cfg = load_config(comp.config_path, overrides)
+        commands[command](comp, cfg, positional)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,13 @@
+"""One exception type for bad user input, so the CLI can print it cleanly instead of a traceback."""
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Input data (a file, a folder, a submission) is not what the competition format requires.
+
+    The message always names the offending file and the problem.
+    """
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong (unknown key, bad type, conflicting choice)."""

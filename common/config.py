@@ -105,11 +105,28 @@ def split_overrides(args: Iterable[str]) -> dict[str, str]:
     return pairs
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
-    """Base YAML <- preset (from `preset=` or the YAML's own default) <- `key=value` overrides."""
+DEFAULTS = Path(__file__).with_name("defaults.yaml")
+
+
+def deep_merge(base: dict, update: Mapping) -> dict:
+    """`update` wins; nested mappings merge key by key (a competition may add keys of its own)."""
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = (), defaults: str | Path | None = DEFAULTS) -> Config:
+    """defaults.yaml <- the competition's YAML <- preset (from `preset=` or the YAML) <- `key=value`."""
     path = Path(path)
+    raw: dict = {}
+    if defaults is not None:
+        with open(defaults) as f:
+            raw = yaml.safe_load(f) or {}
     with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+        deep_merge(raw, yaml.safe_load(f) or {})
     presets = raw.pop("presets", {}) or {}
     pairs = split_overrides(overrides)
     preset = pairs.get("preset", raw.get("preset"))

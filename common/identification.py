@@ -27,7 +27,7 @@ from .data import ImageCache, ImageDataset
 from .embed import extract_embeddings
 from .errors import DataError
 from .folds import assert_disjoint, open_set_folds, open_set_truth
-from .metrics import map_at_k, verification_metrics
+from .metrics import map_at_k, roc_curve_pairs, verification_metrics
 from .paths import cache_root, resolve_data_root, run_dir
 from .retrieval import build_index, insert_new_class, rank_classes, search, tune_threshold
 from .train import load_best, pick_device, seed_everything, train_fold
@@ -75,10 +75,11 @@ class OpenSetRun:
     def dataset(self, rows, labels=None, train=False) -> ImageDataset:
         return ImageDataset(self.images, rows, labels, self.train_tf if train else self.valid_tf)
 
-    def embed(self, model, rows, desc) -> np.ndarray:
+    def embed(self, model, rows, desc, tta: bool | None = None) -> np.ndarray:
         cfg = self.cfg
+        tta = cfg.infer.tta_flip if tta is None else tta
         return extract_embeddings(model, self.dataset(rows), batch_size=cfg.infer.batch_size, device=self.device,
-                                  tta_flip=cfg.infer.tta_flip, num_workers=0, desc=desc, progress=cfg.progress)
+                                  tta_flip=tta, num_workers=0, desc=desc, progress=cfg.progress)
 
 
 def train(comp, cfg) -> Path:
@@ -148,8 +149,9 @@ def train_one_fold(state: OpenSetRun, fold: int, folds: np.ndarray, fold_dir: Pa
     loader = train_loader(cfg, state.dataset(train_rows, y, train=True), y, seed=cfg.seed + fold)
 
     def evaluate(m) -> dict:
-        gallery = state.embed(m, train_rows, "embed gallery")
-        query = state.embed(m, val_rows, "embed validation")
+        tta = bool(cfg.train.eval_tta)
+        gallery = state.embed(m, train_rows, "embed gallery", tta)
+        query = state.embed(m, val_rows, "embed validation", tta)
         ranked, scores = rank_against_gallery(gallery, labels[train_rows], query, cfg.infer.neighbours)
         return score_ranking(ranked, scores, truth, new_label)
 
@@ -194,6 +196,8 @@ def evaluate_oof(oof: pd.DataFrame, labels, folds, run_folds, new_label: str, ru
     if known.sum() > 2:
         verification = verification_metrics(embeddings[known], oof.label.to_numpy(dtype=object)[known])
         metrics.update({f"verify_{k}": v for k, v in verification.items() if np.isscalar(v)})
+        fpr, tpr, _ = roc_curve_pairs(embeddings[known], oof.label.to_numpy(dtype=object)[known])
+        plots.roc_curve_plot(fpr, tpr, verification["roc_auc"], run / "roc.png")
         plots.similarity_histograms(embeddings[known], oof.label.to_numpy(dtype=object)[known],
                                     run / "similarity_hist.png")
     plots.threshold_curve(grid, curve, threshold, metrics["oof_baseline_map5"], run / "map5_vs_threshold.png")
@@ -219,7 +223,7 @@ def predict_test(state: OpenSetRun, fold_dirs: list[Path], threshold: float | No
     ranked, scores = rank_against_gallery(gallery, labels[gallery_rows], query, cfg.infer.neighbours)
     if new_whale and cfg.infer.new_whale:
         return insert_new_class(ranked, scores, threshold, new_label=new_label)
-    return [r[:5] for r in ranked]
+    return [[label for label in r if label is not None][:5] for r in ranked]
 
 
 def _no_init(cfg):

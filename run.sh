@@ -44,7 +44,7 @@ case "$cmd" in
     exec "$PY" -m pytest tests "$@" ;;
   bench)
     shift; setup_python
-    exec "$PY" -m benchmarks "$@" ;;
+    exec "$PY" -m common.bench "$@" ;;
   whales|landmarks|deepfake)
     shift
     if [ $# -eq 0 ]; then usage; exit 2; fi

@@ -25,3 +25,24 @@ def _few_threads():
 
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _faiss_single_thread():
+    """faiss's OpenMP pool thrashes on a small shared CI box; one thread keeps tests fast and stable."""
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+    except ImportError:
+        pass
+    yield
+
+
+@pytest.fixture(scope="session")
+def whale_demo(tmp_path_factory) -> Path:
+    """A small whale dataset in Kaggle format, generated once per test session."""
+    from competitions.whales.demo import write_demo
+
+    root = tmp_path_factory.mktemp("whale_demo")
+    return write_demo(root, n_identities=24, n_train=120, n_test=40, progress=False)

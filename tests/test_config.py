@@ -1,0 +1,47 @@
+import pytest
+import yaml
+
+from common.config import load_config, save_config, read_saved_config
+from common.errors import ConfigError
+from competitions.whales import CONFIG_PATH
+
+
+def test_defaults_competition_and_overrides_merge():
+    cfg = load_config(CONFIG_PATH, ["train.lr=3e-4", "head.m=0.3", "infer.new_whale=false", "data.image_size=[32,64]"])
+    assert cfg.competition == "whales"
+    assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)  # "3e-4" is a string in YAML 1.1
+    assert cfg.head.m == 0.3
+    assert cfg.infer.new_whale is False
+    assert cfg.data.image_size == [32, 64]
+    assert cfg.augment.train == "identity"  # the competition's choice wins over defaults.yaml
+
+
+def test_preset_applies_then_command_line_wins():
+    cfg = load_config(CONFIG_PATH, ["preset=smoke", "train.epochs=5"])
+    assert cfg.preset == "smoke"
+    assert cfg.train.folds == 2 and cfg.train.run_folds == [0]
+    assert cfg.train.epochs == 5
+
+
+def test_unknown_key_is_an_error_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epoch'.*train.epochs"):
+        load_config(CONFIG_PATH, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'nonsense'"):
+        load_config(CONFIG_PATH, ["nonsense=1"])
+
+
+def test_unknown_preset_and_malformed_override():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        load_config(CONFIG_PATH, ["preset=huge"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(CONFIG_PATH, ["train.epochs"])
+    with pytest.raises(ConfigError, match="is a section"):
+        load_config(CONFIG_PATH, ["train=3"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(CONFIG_PATH, ["preset=smoke", "run.name=abc"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = read_saved_config(tmp_path / "config.yaml")
+    assert again == cfg
+    assert "presets" not in yaml.safe_load((tmp_path / "config.yaml").read_text())

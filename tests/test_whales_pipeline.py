@@ -1,0 +1,148 @@
+"""End to end: `train preset=smoke` on a small generated set, then `predict` on another data root."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import competitions.whales as whales
+from common.cli import main
+from competitions.whales.submission import validate_submission
+from common.errors import DataError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args) -> int:
+    return main(whales, list(args))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(whale_demo, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    code = run_cli("train", "preset=smoke", f"data.root={whale_demo}", f"run.root={runs}", "run.name=smoke",
+                   "progress=false", "data.num_workers=0", f"data.cache_dir={runs / 'cache'}")
+    assert code == 0
+    return runs, runs / "whales" / "smoke"
+
+
+def test_train_writes_a_complete_run_directory(smoke_run, whale_demo):
+    _, run = smoke_run
+    for name in ["config.yaml", "log.csv", "folds.csv", "oof.csv", "metrics.json", "submission.csv",
+                 "curves.png", "map5_vs_threshold.png", "similarity_hist.png", "roc.png",
+                 "fold0/best.pt", "fold0/last.pt", "fold0/oof.csv"]:
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ["oof_map5", "threshold", "oof_baseline_map5", "test_map5", "test_baseline_map5",
+                "verify_roc_auc", "verify_tar_at_far_1e-3"]:
+        assert key in metrics, key
+    assert 0.0 <= metrics["oof_map5"] <= 1.0
+    log = pd.read_csv(run / "log.csv")
+    assert {"fold", "epoch", "train_loss", "map5", "lr", "seconds"} <= set(log.columns)
+    assert len(log) == 2  # smoke: one fold, two epochs
+    sample = pd.read_csv(whale_demo / "sample_submission.csv")
+    validate_submission(pd.read_csv(run / "submission.csv"), sample)
+
+
+def test_rerun_with_same_name_refuses_and_resume_reuses_finished_folds(smoke_run, whale_demo, capsys):
+    runs, run = smoke_run
+    args = ["train", "preset=smoke", f"data.root={whale_demo}", f"run.root={runs}", "run.name=smoke", "progress=false",
+            "data.num_workers=0", f"data.cache_dir={runs / 'cache'}"]
+    before = (run / "fold0" / "best.pt").stat().st_mtime_ns
+    assert run_cli(*args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert run_cli(*args, "resume=true") == 0
+    assert "finished earlier" in capsys.readouterr().out
+    assert (run / "fold0" / "best.pt").stat().st_mtime_ns == before
+
+
+def test_predict_on_another_data_root_closed_set(smoke_run, tmp_path):
+    runs, _ = smoke_run
+    from competitions.whales.demo import write_demo
+
+    other = write_demo(tmp_path / "other", n_identities=10, n_train=40, n_test=12, seed=7, progress=False)
+    out = tmp_path / "pred.csv"
+    code = run_cli("predict", f"run.root={runs}", "run.name=smoke", f"data.root={other}", "infer.new_whale=false",
+                   f"out={out}", "progress=false", f"data.cache_dir={runs / 'cache'}")
+    assert code == 0
+    sub = pd.read_csv(out)
+    validate_submission(sub, pd.read_csv(other / "sample_submission.csv"))
+    gallery = set(pd.read_csv(other / "train.csv").Id) - {"new_whale"}
+    answers = {label for row in sub.Id for label in row.split()}
+    assert "new_whale" not in answers and answers <= gallery  # closed set, answered from the new gallery
+
+
+def test_predict_needs_an_existing_run(tmp_path, capsys):
+    assert run_cli("predict", f"run.root={tmp_path}", "run.name=nope") == 2
+    assert "no run named 'nope'" in capsys.readouterr().err
+
+
+# --- bad input is reported before training, naming the file -----------------------------------
+
+@pytest.fixture
+def broken_copy(whale_demo, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(whale_demo, root)
+    return root
+
+
+def _train_on(root, tmp_path):
+    return run_cli("train", "preset=smoke", f"data.root={root}", f"run.root={tmp_path / 'runs'}",
+                   "progress=false", f"data.cache_dir={tmp_path / 'cache'}")
+
+
+def test_missing_column(broken_copy, tmp_path, capsys):
+    pd.read_csv(broken_copy / "train.csv").rename(columns={"Id": "Whale"}).to_csv(broken_copy / "train.csv", index=False)
+    assert _train_on(broken_copy, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "train.csv" in err and "missing column Id" in err
+
+
+def test_listed_image_absent(broken_copy, tmp_path, capsys):
+    first = pd.read_csv(broken_copy / "train.csv").Image[0]
+    (broken_copy / "train" / first).unlink()
+    assert _train_on(broken_copy, tmp_path) == 2
+    assert f"{first} does not exist" in capsys.readouterr().err
+
+
+def test_unreadable_image(broken_copy, tmp_path, capsys):
+    first = pd.read_csv(broken_copy / "train.csv").Image[0]
+    (broken_copy / "train" / first).write_bytes(b"not a jpeg")
+    assert _train_on(broken_copy, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert first in err and "unreadable" in err
+    assert not list((tmp_path / "runs").rglob("log.csv"))  # nothing was trained
+
+
+def test_empty_test_folder(broken_copy, tmp_path, capsys):
+    shutil.rmtree(broken_copy / "test")
+    (broken_copy / "test").mkdir()
+    assert _train_on(broken_copy, tmp_path) == 2
+    assert "empty folder" in capsys.readouterr().err
+
+
+# --- submission format --------------------------------------------------------------------------
+
+def test_submission_validation():
+    sample = pd.DataFrame({"Image": ["a.jpg", "b.jpg"], "Id": ["new_whale w_1 w_2 w_3 w_4"] * 2})
+    good = pd.DataFrame({"Image": ["a.jpg", "b.jpg"], "Id": ["w_1 new_whale w_2 w_3 w_4", "w_9 w_1 w_2 w_3 w_4"]})
+    validate_submission(good, sample)
+    with pytest.raises(DataError, match="exactly 5"):
+        validate_submission(good.assign(Id=["w_1 w_2", "w_9 w_1 w_2 w_3 w_4"]), sample)
+    with pytest.raises(DataError, match="repeats a label"):
+        validate_submission(good.assign(Id=["w_1 w_1 w_2 w_3 w_4", "w_9 w_1 w_2 w_3 w_4"]), sample)
+    with pytest.raises(DataError, match="same order"):
+        validate_submission(good.iloc[::-1].reset_index(drop=True), sample)
+    with pytest.raises(DataError, match="1 rows"):
+        validate_submission(good.iloc[:1], sample)
+    with pytest.raises(DataError, match="columns must be Image,Id"):
+        validate_submission(good.rename(columns={"Id": "id"}), sample)
+
+
+def test_run_sh_help_and_unknown_command_exit_non_zero():
+    for args in (["help"], ["frobnicate"]):
+        done = subprocess.run([str(REPO / "run.sh"), *args], capture_output=True, text=True)
+        assert done.returncode != 0
+        assert "usage" in done.stdout + done.stderr

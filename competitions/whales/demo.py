@@ -91,7 +91,9 @@ def _make_animal(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.nd
     cv2.fillPoly(mask8, [np.round(_fluke_outline(rng, w, h) * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
     inside = mask8 > 127
     field = _noise(rng, (4, 8), size) + 0.6 * _noise(rng, (8, 16), size) + 0.3 * _noise(rng, (16, 32), size)
-    white_fraction = rng.choice([rng.uniform(0.0, 0.12), rng.uniform(0.85, 1.0), rng.uniform(0.2, 0.8)], p=[.15, .15, .7])
+    # Real flukes range from almost all black to almost all white; most are mixed.
+    white_fraction = rng.choice([rng.uniform(0.0, 0.12), rng.uniform(0.85, 1.0), rng.uniform(0.2, 0.8)],
+                                p=[0.15, 0.15, 0.7])
     threshold = np.float32(np.quantile(field[inside], 1 - white_fraction))
     white = 1 / (1 + np.exp(-6 * (field - threshold)))
     for _ in range(rng.poisson(8)):  # spots: dark or white, anywhere on the fluke
@@ -211,17 +213,21 @@ def write_demo(root: str | Path = DEFAULT_ROOT, *, n_identities: int = 300, n_tr
     def label(animal: int) -> str:
         return whale_ids[animal] if animal < n_identities else NEW_WHALE
 
-    templates: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    jobs = [("train", image_names[i], a) for i, a in enumerate(train_animals)]
-    jobs += [("test", image_names[n_train + i], a) for i, a in enumerate(test_animals)]
+    # Photos grouped by animal, so only one template is in memory at a time.
+    photos_of: dict[int, list[tuple[int, Path]]] = {}
+    for index, animal in enumerate(np.concatenate([train_animals, test_animals])):
+        split = "train" if index < n_train else "test"
+        photos_of.setdefault(int(animal), []).append((index, root / split / image_names[index]))
     for split in ("train", "test"):
         (root / split).mkdir(parents=True, exist_ok=True)
         for stale in (root / split).glob("*.jpg"):
             stale.unlink()
-    for index, (split, image, animal) in enumerate(tqdm(jobs, desc=f"whales demo -> {root}", disable=not progress)):
-        if animal not in templates:
-            templates[animal] = _make_animal(np.random.default_rng([seed, _ANIMAL, int(animal)]), size)
-        (root / split / image).write_bytes(_photo(templates[animal], np.random.default_rng([seed, _PHOTO, index]), size))
+    with tqdm(total=n_train + n_test, desc=f"whales demo -> {root}", disable=not progress) as bar:
+        for animal, photos in photos_of.items():
+            template = _make_animal(np.random.default_rng([seed, _ANIMAL, animal]), size)
+            for index, path in photos:
+                path.write_bytes(_photo(template, np.random.default_rng([seed, _PHOTO, index]), size))
+            bar.update(len(photos))
     train = pd.DataFrame({"Image": image_names[:n_train], "Id": [label(a) for a in train_animals]})
     truth = pd.DataFrame({"Image": image_names[n_train:], "Id": [label(a) for a in test_animals]})
     train, truth = train.sort_values("Image", ignore_index=True), truth.sort_values("Image", ignore_index=True)

@@ -47,7 +47,6 @@ from competitions.landmarks.layout import DataError, image_path
 
 MARKER = ".landmarks_demo"
 AA = cv2.LINE_AA
-ROOFS = ("flat", "gable", "dome", "spire", "stepped")
 GROUNDS = ((70, 140, 60), (120, 120, 125), (140, 190, 215), (150, 110, 40))  # grass pavement sand water
 SKIES = (((235, 170, 90), (250, 225, 190)), ((175, 175, 170), (215, 215, 210)),  # day, overcast
          ((140, 90, 120), (110, 170, 250)), ((70, 35, 20), (120, 80, 60)))        # dusk, night
@@ -63,17 +62,6 @@ def _jitter(colour, rng, amount=20.0) -> tuple:
 
 
 # ---------------------------------------------------------------- landmarks
-def _landmark_params(rng) -> dict:
-    return dict(width=rng.uniform(0.3, 0.65), height=rng.uniform(0.15, 0.38), x=rng.uniform(-0.08, 0.08),
-                wall=_colour(rng), tower_wall=_colour(rng), roof=_colour(rng), trim=_colour(rng, val=(0.1, 0.7)),
-                window=_colour(rng, sat=(0, 0.5), val=(0.05, 0.9)), roof_type=rng.choice(ROOFS),
-                roof_scale=rng.uniform(0.2, 0.5), bands=int(rng.integers(0, 4)), rows=int(rng.integers(1, 5)),
-                cols=int(rng.integers(2, 9)), window_shape=rng.choice(["rect", "arch", "round"]),
-                arches=int(rng.integers(0, 6)), towers=int(rng.integers(0, 3)), tower_side=rng.choice([-1, 1]),
-                tower_width=rng.uniform(0.1, 0.22), tower_height=rng.uniform(0.05, 0.2),
-                tower_roof=rng.choice(ROOFS), rose=rng.random() < 0.4, ground=int(rng.integers(len(GROUNDS))))
-
-
 def _poly(img, mask, pts, colour):
     """Fill a polygon on the picture and, when given, on its scene mask."""
     pts = np.round(np.asarray(pts)).astype(np.int32)
@@ -82,20 +70,35 @@ def _poly(img, mask, pts, colour):
         cv2.fillPoly(mask, [pts], 255)
 
 
-def _roof(img, mask, kind, x0, x1, top, scale, colour):
+def _flat_roof(x0, x1, top, scale):
+    w = x1 - x0
+    return [[(x0 - w * .05, top), (x1 + w * .05, top), (x1 + w * .05, top - w * .06), (x0 - w * .05, top - w * .06)]]
+
+
+def _pitched_roof(steepness):
+    return lambda x0, x1, top, scale: [[(x0, top), (x1, top), ((x0 + x1) / 2, top - (x1 - x0) * scale * steepness)]]
+
+
+def _dome_roof(x0, x1, top, scale):
     w, cx = x1 - x0, (x0 + x1) / 2
-    if kind == "flat":
-        _poly(img, mask, [(x0 - w * .05, top), (x1 + w * .05, top), (x1 + w * .05, top - w * .06), (x0 - w * .05, top - w * .06)], colour)
-    elif kind in ("gable", "spire"):
-        _poly(img, mask, [(x0, top), (x1, top), (cx, top - w * scale * (3 if kind == "spire" else 1))], colour)
-    elif kind == "dome":
-        pts = cv2.ellipse2Poly((int(cx), int(top)), (int(w / 2), int(w * scale)), 0, 180, 360, 10)
-        _poly(img, mask, pts, colour)
-        _poly(img, mask, [(cx - 2, top - w * scale), (cx + 2, top - w * scale), (cx, top - w * scale - w * .2)], colour)
-    else:  # stepped
-        for step in range(3):
-            a, b, h = x0 + w * step * .15, x1 - w * step * .15, w * scale / 3
-            _poly(img, mask, [(a, top - step * h), (b, top - step * h), (b, top - (step + 1) * h), (a, top - (step + 1) * h)], colour)
+    finial = [(cx - 2, top - w * scale), (cx + 2, top - w * scale), (cx, top - w * scale - w * .2)]
+    return [cv2.ellipse2Poly((int(cx), int(top)), (int(w / 2), int(w * scale)), 0, 180, 360, 10), finial]
+
+
+def _stepped_roof(x0, x1, top, scale):
+    w, h = x1 - x0, (x1 - x0) * scale / 3
+    return [[(x0 + w * k * .15, top - k * h), (x1 - w * k * .15, top - k * h),
+             (x1 - w * k * .15, top - (k + 1) * h), (x0 + w * k * .15, top - (k + 1) * h)] for k in range(3)]
+
+
+# roof name -> polygons above the span [x0, x1] standing on y = top
+ROOFS = {"flat": _flat_roof, "gable": _pitched_roof(1), "dome": _dome_roof, "spire": _pitched_roof(3),
+         "stepped": _stepped_roof}
+
+
+def _roof(img, mask, kind, x0, x1, top, scale, colour):
+    for polygon in ROOFS[kind](x0, x1, top, scale):
+        _poly(img, mask, polygon, colour)
 
 
 def _window(img, shape, x, y, w, h, colour):
@@ -106,6 +109,17 @@ def _window(img, shape, x, y, w, h, colour):
     cv2.rectangle(img, (int(x), int(top)), (int(x + w), int(y + h)), colour, -1, AA)
     if shape == "arch":
         cv2.ellipse(img, (int(x + w / 2), int(top)), (int(w / 2), int(w / 2)), 0, 180, 360, colour, -1, AA)
+
+
+def _landmark_params(rng) -> dict:
+    return dict(width=rng.uniform(0.3, 0.65), height=rng.uniform(0.15, 0.38), x=rng.uniform(-0.08, 0.08),
+                wall=_colour(rng), tower_wall=_colour(rng), roof=_colour(rng), trim=_colour(rng, val=(0.1, 0.7)),
+                window=_colour(rng, sat=(0, 0.5), val=(0.05, 0.9)), roof_type=rng.choice(list(ROOFS)),
+                roof_scale=rng.uniform(0.2, 0.5), bands=int(rng.integers(0, 4)), rows=int(rng.integers(1, 5)),
+                cols=int(rng.integers(2, 9)), window_shape=rng.choice(["rect", "arch", "round"]),
+                arches=int(rng.integers(0, 6)), towers=int(rng.integers(0, 3)), tower_side=rng.choice([-1, 1]),
+                tower_width=rng.uniform(0.1, 0.22), tower_height=rng.uniform(0.05, 0.2),
+                tower_roof=rng.choice(list(ROOFS)), rose=rng.random() < 0.4, ground=int(rng.integers(len(GROUNDS))))
 
 
 def render_landmark(p: dict, c: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +137,8 @@ def render_landmark(p: dict, c: int) -> tuple[np.ndarray, np.ndarray]:
         _poly(img, mask, [(a, horizon), (a + tw, horizon), (a + tw, t_top), (a, t_top)], p["tower_wall"])
         _roof(img, mask, p["tower_roof"], a, a + tw, t_top, p["roof_scale"], p["roof"])
         for k in range(3):
-            _window(img, p["window_shape"], a + tw * .3, t_top + (k + .3) * (horizon - t_top) / 4, tw * .4, tw * .6, p["window"])
+            y = t_top + (k + .3) * (horizon - t_top) / 4
+            _window(img, p["window_shape"], a + tw * .3, y, tw * .4, tw * .6, p["window"])
     _poly(img, mask, [(x0, horizon), (x1, horizon), (x1, top), (x0, top)], p["wall"])
     _roof(img, mask, p["roof_type"], x0, x1, top, p["roof_scale"], p["roof"])
     for b in range(p["bands"]):
@@ -132,7 +147,8 @@ def render_landmark(p: dict, c: int) -> tuple[np.ndarray, np.ndarray]:
     cell_w, cell_h = w / p["cols"], (h * .7) / p["rows"]
     for r in range(p["rows"]):
         for q in range(p["cols"]):
-            _window(img, p["window_shape"], x0 + (q + .25) * cell_w, top + h * .08 + (r + .2) * cell_h, cell_w * .5, cell_h * .6, p["window"])
+            x, y = x0 + (q + .25) * cell_w, top + h * .08 + (r + .2) * cell_h
+            _window(img, p["window_shape"], x, y, cell_w * .5, cell_h * .6, p["window"])
     for a in range(p["arches"]):
         aw = w / (p["arches"] * 2 + 1)
         _window(img, "arch", x0 + (2 * a + 1) * aw, horizon - h * .22, aw, h * .22, p["trim"])
@@ -148,7 +164,8 @@ def _camera(rng, c: int, size: int) -> np.ndarray:
     half = c / 2 * (rng.uniform(0.3, 0.5) if close else rng.uniform(0.55, 1.1))
     centre = np.array([c / 2, 0.55 * c]) + rng.normal(0, 0.1 if close else 0.05, 2) * c
     t = np.deg2rad(rng.uniform(-6, 6))
-    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half @ np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+    rotation = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half @ rotation
     src = centre + corners + rng.uniform(-0.12, 0.12, (4, 2)) * half
     dst = np.array([[0, 0], [size, 0], [size, size], [0, size]])
     return cv2.getPerspectiveTransform(src.astype(np.float32), dst.astype(np.float32))
@@ -161,7 +178,8 @@ def _sky(rng, size) -> np.ndarray:
     img = np.broadcast_to(top * (1 - ramp) + bottom * ramp, (size, size, 3)).astype(np.uint8).copy()
     for _ in range(rng.integers(0, 4)):
         centre = (int(rng.uniform(0, size)), int(rng.uniform(0, size * .5)))
-        cv2.ellipse(img, centre, (int(rng.uniform(.1, .3) * size), int(rng.uniform(.03, .08) * size)), 0, 0, 360, _jitter((225, 225, 225), rng), -1, AA)
+        axes = (int(rng.uniform(.1, .3) * size), int(rng.uniform(.03, .08) * size))
+        cv2.ellipse(img, centre, axes, 0, 0, 360, _jitter((225, 225, 225), rng), -1, AA)
     return cv2.GaussianBlur(img, (0, 0), size / 60)
 
 
@@ -183,7 +201,8 @@ def _occluder(img, rng, kind=None):
         r = rng.uniform(.08, .18) * s
         cv2.line(img, (int(x), int(foot)), (int(x), int(foot - 2 * r)), (30, 60, 90), max(2, int(r / 4)), AA)
         for _ in range(4):
-            cv2.circle(img, (int(x + rng.normal(0, r * .5)), int(foot - 2.5 * r + rng.normal(0, r * .5))), int(r * rng.uniform(.6, 1)), _colour(rng, (.4, .8), (.2, .6)), -1, AA)
+            leaf = (int(x + rng.normal(0, r * .5)), int(foot - 2.5 * r + rng.normal(0, r * .5)))
+            cv2.circle(img, leaf, int(r * rng.uniform(.6, 1)), _colour(rng, (.4, .8), (.2, .6)), -1, AA)
 
 
 def _finish(img, rng) -> bytes:
@@ -246,12 +265,15 @@ def _nature(rng, s):
 def _face(rng, s):
     img = np.full((s, s, 3), _colour(rng), np.uint8)
     cx, cy, r = s / 2 + rng.normal(0, s * .05), s / 2 + rng.normal(0, s * .05), rng.uniform(.25, .38) * s
-    cv2.ellipse(img, (int(cx), int(cy - r * .2)), (int(r * 1.05), int(r * 1.1)), 0, 0, 360, _colour(rng, (.2, .8), (.05, .5)), -1, AA)
+    hair = _colour(rng, (.2, .8), (.05, .5))
+    cv2.ellipse(img, (int(cx), int(cy - r * .2)), (int(r * 1.05), int(r * 1.1)), 0, 0, 360, hair, -1, AA)
     cv2.ellipse(img, (int(cx), int(cy)), (int(r * .8), int(r)), 0, 0, 360, _jitter((120, 160, 210), rng, 35), -1, AA)
     for dx in (-r * .35, r * .35):
-        cv2.ellipse(img, (int(cx + dx), int(cy - r * .15)), (int(r * .15), int(r * .08)), 0, 0, 360, (240, 240, 240), -1, AA)
-        cv2.circle(img, (int(cx + dx), int(cy - r * .15)), int(r * .06), _colour(rng, val=(.1, .5)), -1, AA)
-    cv2.ellipse(img, (int(cx), int(cy + r * .45)), (int(r * .3), int(r * .1)), 0, 0, 180, (60, 60, 150), max(1, s // 60), AA)
+        eye = (int(cx + dx), int(cy - r * .15))
+        cv2.ellipse(img, eye, (int(r * .15), int(r * .08)), 0, 0, 360, (240, 240, 240), -1, AA)
+        cv2.circle(img, eye, int(r * .06), _colour(rng, val=(.1, .5)), -1, AA)
+    mouth = (int(cx), int(cy + r * .45))
+    cv2.ellipse(img, mouth, (int(r * .3), int(r * .1)), 0, 0, 180, (60, 60, 150), max(1, s // 60), AA)
     return img
 
 
@@ -292,7 +314,8 @@ def non_landmark_image(rng, size: int) -> np.ndarray:
 def class_sizes(n_classes: int, n_train: int, rng, low: int = 2, high: int = 50) -> np.ndarray:
     """Zipf-distributed class sizes in [low, high] summing to n_train."""
     if not low * n_classes <= n_train <= high * n_classes:
-        raise DataError(f"n_train={n_train} must lie in [{low * n_classes}, {high * n_classes}] for {n_classes} landmarks")
+        raise DataError(f"n_train={n_train} must lie in [{low * n_classes}, {high * n_classes}] "
+                        f"for {n_classes} landmarks")
     weights = (1.0 / np.arange(1, n_classes + 1))[rng.permutation(n_classes)]
     sizes_at = lambda scale: np.clip(np.floor(scale * weights), low, high).astype(int)  # noqa: E731
     lo, hi = 0.0, float(n_train * n_classes)
@@ -352,7 +375,8 @@ def write_demo(root: str | Path, *, n_landmarks: int = 150, n_train: int = 1500,
 
     train = pd.DataFrame({"id": train_ids, "landmark_id": landmark_ids[photo_classes]})
     train.sort_values("id").to_csv(root / "train.csv", index=False)
-    truth = pd.DataFrame({"id": test_ids, "landmarks": ["" if k is None else str(landmark_ids[k]) for k in test_labels]})
+    truth_cells = ["" if k is None else str(landmark_ids[k]) for k in test_labels]
+    truth = pd.DataFrame({"id": test_ids, "landmarks": truth_cells})
     truth = truth.sort_values("id")
     truth.to_csv(root / "test_truth.csv", index=False)
     truth.assign(landmarks="").to_csv(root / "sample_submission.csv", index=False)

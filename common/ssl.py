@@ -205,6 +205,26 @@ def min_hamming_distance(permutations: np.ndarray) -> int:
     return int(distance.min())
 
 
+def cut_tiles(images: torch.Tensor, grid: int = 3, fraction: float = 0.85) -> torch.Tensor:
+    """(B, C, H, W) -> (B, grid*grid, C, th, tw), row-major: from each grid cell, a crop of `fraction`
+    of the cell at a random place (independently per image and cell)."""
+    b, _, height, width = images.shape
+    cell_h, cell_w = height // grid, width // grid
+    th, tw = max(1, int(cell_h * fraction)), max(1, int(cell_w * fraction))
+    device = images.device
+    batch = torch.arange(b, device=device)[:, None, None]
+    channels_last = images.permute(0, 2, 3, 1)
+    out = []
+    for r in range(grid):
+        for c in range(grid):
+            dy = torch.randint(0, cell_h - th + 1, (b,), device=device)
+            dx = torch.randint(0, cell_w - tw + 1, (b,), device=device)
+            rows = (r * cell_h + dy)[:, None] + torch.arange(th, device=device)  # (B, th)
+            cols = (c * cell_w + dx)[:, None] + torch.arange(tw, device=device)  # (B, tw)
+            out.append(channels_last[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2))
+    return torch.stack(out, dim=1)
+
+
 @register("jigsaw")
 class Jigsaw(PretextTask):
     """Noroozi & Favaro 2016: cut the image into 3x3 tiles, shuffle them with one of N fixed
@@ -233,21 +253,8 @@ class Jigsaw(PretextTask):
         ])
 
     def tiles(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, 9, C, th, tw): a randomly placed crop inside each grid cell, row-major."""
-        b, c, height, width = images.shape
-        cell_h, cell_w = height // self.grid, width // self.grid
-        th, tw = max(1, int(cell_h * 0.85)), max(1, int(cell_w * 0.85))
-        batch = torch.arange(b, device=images.device)[:, None, None]
-        out = []
-        for r in range(self.grid):
-            for c_ in range(self.grid):
-                dy = torch.randint(0, cell_h - th + 1, (b,), device=images.device)
-                dx = torch.randint(0, cell_w - tw + 1, (b,), device=images.device)
-                rows = (r * cell_h + dy)[:, None] + torch.arange(th, device=images.device)  # (B, th)
-                cols = (c_ * cell_w + dx)[:, None] + torch.arange(tw, device=images.device)  # (B, tw)
-                tile = images.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, th, tw, C)
-                out.append(tile.permute(0, 3, 1, 2))
-        tiles = torch.stack(out, dim=1)
+        """(B, C, H, W) -> (B, 9, C, th, tw): jittered tiles, each standardised on its own."""
+        tiles = cut_tiles(images, self.grid, fraction=0.85)
         mean = tiles.mean(dim=(2, 3, 4), keepdim=True)
         std = tiles.std(dim=(2, 3, 4), keepdim=True).clamp(min=1e-3)
         return (tiles - mean) / std

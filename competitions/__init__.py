@@ -5,6 +5,7 @@ import importlib
 
 COMPETITIONS = {
     "whales": "competitions.whales",
+    "landmarks": "competitions.landmarks",
 }
 
 

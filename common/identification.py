@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots
+from . import distributed, plots
 from .augment import build_transform
 from .build import build_model, build_objective, train_loader
 from .config import read_saved_config, save_config
@@ -67,7 +67,11 @@ class OpenSetRun:
         self.device = pick_device(cfg)
         size = tuple(cfg.data.image_size)
         paths = list(self.train_df.path) + list(self.test_df.path)
+        if not distributed.is_main():  # the main process decodes; the others then open its cache
+            distributed.barrier()
         self.images = ImageCache(paths, size, cache_root(cfg) / comp.name, progress=cfg.progress)
+        if distributed.is_main():
+            distributed.barrier()
         self.n_train = len(self.train_df)
         self.train_tf = build_transform(cfg.augment.train, size)
         self.valid_tf = build_transform(cfg.augment.valid, size)
@@ -82,20 +86,31 @@ class OpenSetRun:
                                   tta_flip=tta, num_workers=0, desc=desc, progress=cfg.progress)
 
 
-def train(comp, cfg) -> Path:
+def open_run(comp, cfg):
+    """The run directory (created by the main process only) and the config it runs with."""
+    pick_device(cfg)  # joins the process group when launched by torchrun
     if cfg.get("resume") and cfg.run.get("name"):
         saved = run_dir(cfg, comp.name, create=False) / "config.yaml"
         if saved.exists():
             cfg = read_saved_config(saved)
             cfg.resume = True
-    run = run_dir(cfg, comp.name, create=True)
+    if not cfg.run.get("name"):
+        cfg.run.name = distributed.broadcast(time.strftime("%Y%m%d-%H%M%S"))
+    run = run_dir(cfg, comp.name, create=True) if distributed.is_main() else None
+    return Path(distributed.broadcast(str(run))), cfg
+
+
+def train(comp, cfg) -> Path:
+    run, cfg = open_run(comp, cfg)
+    main = distributed.is_main()
     seed_everything(cfg.seed)
     state = OpenSetRun(comp, cfg)
-    save_config(cfg, run / "config.yaml")
     new_label = comp.new_label
     labels = state.train_df.label.to_numpy(dtype=object)
     folds = open_set_folds(labels, cfg.train.folds, cfg.seed, new_label)
-    pd.DataFrame({"image": state.train_df.image, "label": labels, "fold": folds}).to_csv(run / "folds.csv", index=False)
+    if main:
+        save_config(cfg, run / "config.yaml")
+        pd.DataFrame({"image": state.train_df.image, "label": labels, "fold": folds}).to_csv(run / "folds.csv", index=False)
     run_folds = cfg.train.run_folds if cfg.train.run_folds is not None else list(range(cfg.train.folds))
     print(f"{comp.name}: {len(labels)} train images, {len(set(labels)) - 1} identities, "
           f"{len(state.test_df)} test images; data {state.root}; run {run}", flush=True)
@@ -108,14 +123,19 @@ def train(comp, cfg) -> Path:
             print(f"fold {fold}: finished earlier, reusing its out-of-fold answers", flush=True)
         else:
             train_one_fold(state, fold, folds, fold_dir, run / "log.csv")
+        distributed.barrier()
         oof_parts.append(pd.read_csv(fold_dir / "oof.csv", keep_default_na=False))
     oof = pd.concat(oof_parts, ignore_index=True)
-    metrics = evaluate_oof(oof, labels, folds, run_folds, new_label, run)
+    metrics = evaluate_oof(oof, labels, folds, run_folds, new_label, run) if main else None
+    metrics = distributed.broadcast(metrics)
     metrics["train_minutes"] = round((time.time() - started) / 60, 2)
     metrics["data_root"] = str(state.root)
-    oof.to_csv(run / "oof.csv", index=False)
+    metrics["processes"] = distributed.world_size()
 
     ranked = predict_test(state, [run / f"fold{f}" for f in run_folds], metrics["threshold"])
+    if not main:
+        return run
+    oof.to_csv(run / "oof.csv", index=False)
     sub_path = run / "submission.csv"
     comp.write_submission(state.test_df.image.tolist(), ranked, sub_path, state.root)
     if state.truth is not None:
@@ -143,7 +163,8 @@ def train_one_fold(state: OpenSetRun, fold: int, folds: np.ndarray, fold_dir: Pa
     y = np.array([class_index[c] for c in labels[train_rows]])
     truth = open_set_truth(labels[val_rows], labels[train_rows], new_label)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    (fold_dir / "classes.json").write_text(json.dumps(classes))
+    if distributed.is_main():
+        (fold_dir / "classes.json").write_text(json.dumps(classes))
     seed_everything(cfg.seed + fold)
     model = build_model(cfg, len(classes), class_counts=np.bincount(y, minlength=len(classes)).tolist())
     loader = train_loader(cfg, state.dataset(train_rows, y, train=True), y, seed=cfg.seed + fold)
@@ -160,6 +181,8 @@ def train_one_fold(state: OpenSetRun, fold: int, folds: np.ndarray, fold_dir: Pa
     model = load_best(model, fold_dir, state.device)
     gallery = state.embed(model, train_rows, "embed gallery")
     query = state.embed(model, val_rows, "embed validation")
+    if not distributed.is_main():
+        return
     ranked, scores = rank_against_gallery(gallery, labels[train_rows], query, cfg.infer.neighbours)
     np.save(fold_dir / "val_embeddings.npy", query.astype(np.float16))
     frame = pd.DataFrame({"image": state.train_df.image.to_numpy()[val_rows], "label": labels[val_rows],

@@ -24,6 +24,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from tqdm import tqdm
 
+from . import distributed
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -33,10 +35,9 @@ def seed_everything(seed: int) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
 
 
-def pick_device(cfg=None) -> torch.device:
-    if torch.cuda.is_available() and (cfg is None or cfg.get("gpus", None) != 0):
-        return torch.device("cuda")
-    return torch.device("cpu")
+def pick_device(cfg) -> torch.device:
+    """This process's device (joining the process group first when launched by torchrun)."""
+    return distributed.init(cfg)
 
 
 def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float, head_lr_mult: float,
@@ -64,6 +65,8 @@ class FoldResult:
 
 
 def append_log(log_path: Path, row: dict) -> None:
+    if not distributed.is_main():
+        return
     frame = pd.DataFrame([row])
     frame.to_csv(log_path, mode="a", header=not log_path.exists(), index=False)
 
@@ -74,10 +77,13 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
     """Train one fold; returns where the best checkpoint (fold_dir/best.pt) came from.
 
     `loss_fn(model_output, labels) -> (loss, parts_dict)`. Resumes from fold_dir/last.pt when present.
+    With several processes the model is wrapped in DistributedDataParallel; `evaluate` runs on every
+    rank (embedding is sharded), its result is taken from the main rank, which alone writes files.
     """
     t = cfg.train
     fold_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
+    main = distributed.is_main()
     groups = param_groups(model, t.lr, t.get("backbone_lr_mult", 1.0), cfg.head.get("lr_mult", 1.0)
                           if "head" in cfg else 1.0, t.weight_decay)
     optimizer = create_optimizer_v2(groups, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
@@ -94,6 +100,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
 
     start_epoch, best_score, best_epoch, history = 0, None, -1, []
     last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    distributed.barrier()
     if last_path.exists():
         state = torch.load(last_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -104,12 +111,15 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         torch.set_rng_state(state["rng_cpu"])
         print(f"fold {fold}: resuming after epoch {state['epoch']} (best {monitor}={best_score})", flush=True)
 
+    core = model
+    model = distributed.wrap_model(core, device, sync_bn=bool(cfg.dist.get("sync_bn", False)),
+                                   find_unused=int(t.get("freeze_epochs", 0)) > 0)
     better = (lambda a, b: b is None or a > b) if mode == "max" else (lambda a, b: b is None or a < b)
     freeze_epochs = int(t.get("freeze_epochs", 0))
     for epoch in range(start_epoch, t.epochs):
         started = time.time()
         frozen = epoch < freeze_epochs
-        for p in getattr(model, "backbone", model).parameters():
+        for p in getattr(core, "backbone", core).parameters():
             p.requires_grad_(not frozen)
         if hasattr(train_loader.batch_sampler, "set_epoch"):
             train_loader.batch_sampler.set_epoch(epoch)
@@ -120,7 +130,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         seen = 0
         optimizer.zero_grad(set_to_none=True)
         bar = tqdm(train_loader, desc=f"fold {fold} epoch {epoch + 1}/{t.epochs}", leave=False,
-                   disable=not cfg.get("progress", True))
+                   disable=not cfg.get("progress", True) or not main)
         for step, (images, labels) in enumerate(bar):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
@@ -142,8 +152,9 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
             for key, value in {"loss": loss.item(), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * n
             bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
+        sums, seen = distributed.sum_over_ranks(sums, seen)
         train_seconds = time.time() - started
-        metrics = evaluate(model)
+        metrics = distributed.broadcast(evaluate(core))
         row = {"fold": fold, "epoch": epoch + 1,
                **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
                **metrics, "lr": optimizer.param_groups[0]["lr"], "frozen": frozen,
@@ -151,17 +162,22 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         score = metrics[monitor]
         if better(score, best_score):
             best_score, best_epoch = score, epoch + 1
-            torch.save({"model": model.state_dict(), "epoch": epoch + 1, monitor: score}, best_path)
+            if main:
+                torch.save({"model": core.state_dict(), "epoch": epoch + 1, monitor: score}, best_path)
         history.append(row)
         append_log(log_path, row)
         print(f"fold {fold} epoch {epoch + 1}/{t.epochs}  loss {row['train_loss']:.4f}  "
               + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
               + f"  lr {row['lr']:.2e}  {row['seconds']:.0f}s", flush=True)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                    "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch, "history": history,
-                    "rng_cpu": torch.get_rng_state()}, last_path)
+        if main:
+            torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(), "epoch": epoch, "best_score": best_score,
+                        "best_epoch": best_epoch, "history": history, "rng_cpu": torch.get_rng_state()}, last_path)
+        distributed.barrier()
     result = FoldResult(fold, best_epoch, float(best_score), history)
-    (fold_dir / "done.json").write_text(json.dumps({"fold": fold, "best_epoch": best_epoch, monitor: best_score}))
+    if main:
+        (fold_dir / "done.json").write_text(json.dumps({"fold": fold, "best_epoch": best_epoch, monitor: best_score}))
+    distributed.barrier()
     return result
 
 

@@ -94,3 +94,4 @@ def _demo_data(comp, cfg, args):
 
 
 COMMANDS = {"demo-data": _demo_data, "train": _train, "predict": _predict}
+DISTRIBUTED_COMMANDS = {"train"}

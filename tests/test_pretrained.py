@@ -2,7 +2,6 @@
 layer-wise learning rates and frozen-backbone warm-up (`train.backbone_lr_mult`, `train.freeze_epochs`)."""
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 
 import cv2

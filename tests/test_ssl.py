@@ -143,31 +143,34 @@ def test_pretrain_smoke_writes_a_backbone_that_train_init_loads(tiny_whales, tmp
     from common.build import build_model
     from common.cli import main
     from common.config import load_config
-    from competitions.whales import CONFIG_PATH
+    from common.pretrain import pretrain
+    from competitions.whales import COMPETITION, CONFIG_PATH
 
-    module = whales_with_pretrain()
-    args = ["pretrain", "preset=smoke", "ssl.method=micle", "ssl.epochs=1", "ssl.batch_size=16",
+    args = ["preset=smoke", "ssl.method=micle", "ssl.epochs=1", "ssl.batch_size=16",
             f"data.root={tiny_whales}", f"run.root={tmp_path}", "run.name=ssl", "progress=false",
             "data.num_workers=0", f"data.cache_dir={tmp_path / 'cache'}"]
-    assert main(module, args) == 0
-    run = tmp_path / "whales" / "ssl"
+    cfg = load_config(CONFIG_PATH, args)
+    cfg.ssl["max_images"] = 30  # an optional key (read with a default when the YAML lacks it)
+    run = pretrain(COMPETITION, cfg)
+    assert run == tmp_path / "whales" / "ssl"
     out = capsys.readouterr().out
     assert "kNN top-1 of the initial backbone" in out and "model.init=" in out
     log = pd.read_csv(run / "log.csv")
     assert log.epoch.tolist() == [1] and 0.0 <= log.knn_top1.iloc[0] <= 1.0 and np.isfinite(log.train_loss.iloc[0])
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["ssl_method"] == "micle" and metrics["images"] == 50 and metrics["knn_queries"] > 0
-    assert (run / "config.yaml").exists()
+    assert metrics["ssl_method"] == "micle" and metrics["images"] == 30 and metrics["knn_queries"] > 0
+    assert (run / "config.yaml").exists() and (run / "curves.png").exists()
 
     state = torch.load(run / "backbone.pt", map_location="cpu")
     assert state and all(k.startswith("backbone.") for k in state)
-    cfg = load_config(CONFIG_PATH, ["preset=smoke", f"model.init={run / 'backbone.pt'}"])
-    model = build_model(cfg, num_classes=5)
+    model = build_model(load_config(CONFIG_PATH, ["preset=smoke", f"model.init={run / 'backbone.pt'}"]), num_classes=5)
     loaded = model.backbone.state_dict()
     for key, value in state.items():
         assert torch.equal(loaded[key[len("backbone."):]], value), key
 
-    assert main(module, args) == 2  # the same run.name again needs resume=true
+    module = whales_with_pretrain()  # the command line: COMMANDS["pretrain"]
+    assert main(module, ["pretrain", *args]) == 2  # the same run.name again needs resume=true
     assert "already exists" in capsys.readouterr().err
-    assert main(module, args + ["resume=true"]) == 0  # finished: nothing left to train, same backbone
+    assert main(module, ["pretrain", *args, "resume=true"]) == 0  # finished: nothing left to train
     assert pd.read_csv(run / "log.csv").epoch.tolist() == [1]
+    assert json.loads((run / "metrics.json").read_text())["images"] == 30  # the saved config was reused

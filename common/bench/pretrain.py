@@ -37,7 +37,6 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import yaml
 

@@ -6,6 +6,7 @@ import importlib
 COMPETITIONS = {
     "whales": "competitions.whales",
     "landmarks": "competitions.landmarks",
+    "deepfake": "competitions.deepfake",
 }
 
 

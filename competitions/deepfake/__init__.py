@@ -1,0 +1,179 @@
+"""Deepfake Detection Challenge (Kaggle 2019-20): the data format, the demo data and the choices.
+
+Everything else is shared: face crops cached once (`common.face_cache`), the video classification
+flow (`common.video_classification`: folds grouped by original video, frame classifier, per-video
+aggregation, calibration tuned on out-of-fold log loss), the one inference path used by `predict`
+and by the offline Kaggle kernel (`common.inference`), and the kernel folder (`common.kernel`).
+
+The competition object plugs into those modules with: name, slug, config_path, write_demo(root),
+read_train(root, missing_original) -> [video, path, label (1 = fake), group], read_test(root) ->
+[video, path], read_truth(root) -> [video, label] | None, write_submission(videos, probs, path, root).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.data import check_files_exist
+from common.errors import ConfigError, DataError
+from common.tables import read_csv_columns
+
+NAME = "deepfake"
+SLUG = "deepfake-detection-challenge"
+CONFIG_PATH = Path(__file__).parent / "config.yaml"
+TEST_DIR = "test_videos"
+LABELS = {"REAL": 0, "FAKE": 1}
+MISSING_ORIGINAL = ("error", "keep")
+
+
+def _read_metadata(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict) or not data:
+        raise DataError(f"{path}: expected a non-empty mapping of video file name -> {{label, split, original}}")
+    return data
+
+
+class Deepfake:
+    name, slug, config_path = NAME, SLUG, CONFIG_PATH
+
+    @staticmethod
+    def write_demo(root) -> Path:
+        from .demo import write_demo
+
+        return write_demo(root)
+
+    @staticmethod
+    def read_train(root: Path, missing_original: str = "error") -> pd.DataFrame:
+        """Every `<folder>/metadata.json` under root (train_sample_videos/, dfdc_train_part_<k>/).
+
+        Returns columns video, path, label (1 = FAKE), original, group: a fake is grouped with the
+        real video it was made from, so the two never fall in different folds. A fake whose
+        `original` is not listed in any metadata.json is an error (`missing_original=error`), or is
+        kept and grouped under the missing original's name (`keep`; Kaggle's 400-video sample lacks
+        many originals).
+        """
+        if missing_original not in MISSING_ORIGINAL:
+            raise ConfigError(f"video.missing_original={missing_original!r}; choose from {', '.join(MISSING_ORIGINAL)}")
+        files = sorted(p for p in Path(root).glob("*/metadata.json") if p.parent.name != TEST_DIR)
+        if not files:
+            raise DataError(f"{root}: no training folder with a metadata.json (expected train_sample_videos/ "
+                            "or dfdc_train_part_<k>/ as in the Kaggle download)")
+        rows, listed_in = [], {}
+        for meta_path in files:
+            for video, entry in _read_metadata(meta_path).items():
+                if video in listed_in:
+                    raise DataError(f"{meta_path}: video {video} is also listed in {listed_in[video]}")
+                label = entry.get("label") if isinstance(entry, dict) else None
+                if label not in LABELS:
+                    raise DataError(f"{meta_path}: video {video} has label {label!r}; expected REAL or FAKE")
+                original = entry.get("original") if label == "FAKE" else None
+                listed_in[video] = meta_path
+                rows.append({"video": video, "path": str(meta_path.parent / video), "label": LABELS[label],
+                             "original": original or ""})
+        frame = pd.DataFrame(rows)
+        missing = frame[(frame.original != "") & ~frame.original.isin(frame.video)]
+        if len(missing) and missing_original == "error":
+            first = missing.iloc[0]
+            raise DataError(f"{listed_in[first.video]}: fake {first.video} names original {first.original}, which no "
+                            f"metadata.json lists ({len(missing)} fakes affected); add the original's folder, or pass "
+                            "video.missing_original=keep to group such fakes under the missing name")
+        frame["group"] = np.where(frame.original != "", frame.original, frame.video)
+        check_files_exist(frame.path, files[0] if len(files) == 1 else f"{root}/*/metadata.json")
+        return frame
+
+    @staticmethod
+    def read_test(root: Path) -> pd.DataFrame:
+        """Test videos in sample_submission.csv's order (or sorted, without one)."""
+        folder = Path(root) / TEST_DIR
+        if not folder.is_dir():
+            raise DataError(f"{folder}: folder not found")
+        sample = Path(root) / "sample_submission.csv"
+        if sample.exists():
+            names = read_csv_columns(sample, ["filename", "label"]).filename.astype(str).tolist()
+        else:
+            names = sorted(p.name for p in folder.glob("*.mp4"))
+        if not names:
+            raise DataError(f"{folder}: no .mp4 videos")
+        frame = pd.DataFrame({"video": names, "path": [str(folder / n) for n in names]})
+        check_files_exist(frame.path, sample if sample.exists() else folder)
+        return frame
+
+    @staticmethod
+    def read_truth(root: Path) -> pd.DataFrame | None:
+        """test_truth.csv (`filename,label`, 1 = fake) of the demo data; None on Kaggle's data."""
+        path = Path(root) / "test_truth.csv"
+        if not path.exists():
+            return None
+        table = read_csv_columns(path, ["filename", "label"])
+        labels = pd.to_numeric(table.label, errors="coerce")
+        if not labels.isin([0, 1]).all():
+            raise DataError(f"{path}: label must be 0 or 1")
+        return pd.DataFrame({"video": table.filename.astype(str), "label": labels.astype(int)})
+
+    @staticmethod
+    def write_submission(videos, probabilities, path: Path, root: Path | None) -> Path:
+        from .submission import validate_submission
+
+        frame = pd.DataFrame({"filename": list(videos), "label": np.asarray(probabilities, dtype=np.float64)})
+        sample = Path(root) / "sample_submission.csv" if root is not None else None
+        validate_submission(frame, pd.read_csv(sample) if sample is not None and sample.exists() else None,
+                            where=str(path))
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+        return Path(path)
+
+
+COMPETITION = Deepfake()
+# What a trained run must hand to the kernel: the resolved config, the tuned post-processing, each fold's model.
+WEIGHT_FILES = ("config.yaml", "calibration.json", "fold*/best.pt")
+
+
+def kaggle_predict(weights_dir: Path, out: Path) -> Path:
+    """The Kaggle kernel's entry point: the competition's test videos -> out (submission.csv)."""
+    from common.inference import predict_submission
+    from common.paths import kaggle_input_dirs
+
+    roots = [d for d in kaggle_input_dirs(SLUG) if (d / TEST_DIR).is_dir()]
+    if not roots:
+        raise DataError(f"no {TEST_DIR}/ in {' or '.join(map(str, kaggle_input_dirs(SLUG)))}: "
+                        f"attach the {SLUG} competition data to the kernel")
+    return predict_submission(COMPETITION, weights_dir, roots[0], out)
+
+
+def _train(comp, cfg, args):
+    from common.video_classification import train
+
+    train(comp, cfg)
+
+
+def _predict(comp, cfg, args):
+    from common.video_classification import predict
+
+    predict(comp, cfg)
+
+
+def _detect(comp, cfg, args):
+    from common.video_classification import detect
+
+    detect(comp, cfg)
+
+
+def _kernel(comp, cfg, args):
+    from common.kernel import build_kernel_for_run
+
+    build_kernel_for_run(comp, cfg, entry_point="competitions.deepfake:kaggle_predict", weights=WEIGHT_FILES)
+
+
+def _demo_data(comp, cfg, args):
+    from common.cli import demo_data
+
+    demo_data(comp, cfg, args)
+
+
+COMMANDS = {"demo-data": _demo_data, "detect": _detect, "train": _train, "predict": _predict, "kernel": _kernel}

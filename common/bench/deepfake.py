@@ -1,0 +1,167 @@
+"""Where does the time per video go? (`./run.sh bench deepfake`)
+
+A Kaggle kernel has a fixed time budget for thousands of test videos (DFDC: 4000 in 9 hours), so
+the inference path (`common.inference`: sample frames -> detect faces -> classify crops) is timed
+step by step, per video, on this machine:
+
+* decode: `read_frames` of the configured number of evenly spaced frames (grab every frame,
+  convert only the kept ones);
+* detect: face detection and crops on those frames (`FaceExtractor.faces_in`);
+* classify: every fold model on the crops (with flip TTA if configured) and the aggregation;
+* floor: grabbing every frame of the video without converting any, the least any frame
+  sampler must pay for a file whose frames cannot be reached by seeking.
+
+Video sets: the demo test videos (generated on first use, like `train`) and
+`../shared/data/video/carphone_pristine.mp4` when present, or the files/folders in `videos=`.
+With `run.name=NAME` the run's models and settings are timed; otherwise an untrained network of
+the deepfake config (the same cost). Writes `outputs/bench/deepfake.md`.
+
+Usage: `./run.sh bench deepfake [videos=PATH,PATH] [limit=N] [threads=N] [out=DIR] [repeat=N]
+[run.name=NAME] [any deepfake config key=value ...]`.
+"""
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pandas as pd
+
+from common.config import load_config, split_overrides
+from common.errors import ConfigError, DataError
+from common.paths import REPO_ROOT, resolve_data_root, run_dir
+
+OPTIONS = {"videos": None, "limit": 20, "threads": None, "out": "outputs/bench", "repeat": 1}
+SHARED_VIDEO = REPO_ROOT.parent / "shared" / "data" / "video" / "carphone_pristine.mp4"
+
+
+def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
+    pairs = split_overrides(argv)
+    options = {key: pairs.pop(key, default) for key, default in OPTIONS.items()}
+    return options, [f"{k}={v}" for k, v in pairs.items()]
+
+
+def grab_all(path: Path) -> int:
+    """Decode every frame without converting any to RGB; returns the number of frames."""
+    cap = cv2.VideoCapture(str(path))
+    count = 0
+    try:
+        while cap.grab():
+            count += 1
+    finally:
+        cap.release()
+    return count
+
+
+def video_sets(options: dict, cfg) -> dict[str, list[Path]]:
+    """name -> video files."""
+    if options["videos"]:
+        sets = {}
+        for item in str(options["videos"]).split(","):
+            path = Path(item).expanduser()
+            files = sorted(path.glob("*.mp4")) if path.is_dir() else [path]
+            if not files or not all(f.is_file() for f in files):
+                raise DataError(f"videos={item}: no such video file or folder of .mp4 files")
+            sets[path.name] = files
+        return sets
+    from competitions.deepfake import COMPETITION
+
+    root = resolve_data_root(cfg, COMPETITION.name, COMPETITION.slug, COMPETITION.write_demo)
+    sets = {f"{root.name} test videos": [Path(p) for p in COMPETITION.read_test(root).path]}
+    if SHARED_VIDEO.is_file():
+        sets[SHARED_VIDEO.name] = [SHARED_VIDEO]
+    return sets
+
+
+def make_predictor(cfg):
+    from common.inference import VideoPredictor, build_classifier
+
+    if cfg.run.get("name"):
+        return VideoPredictor.load(run_dir(cfg, "deepfake", create=False), progress=False, device="cpu")
+    return VideoPredictor(cfg, [build_classifier(cfg, pretrained=False)], progress=False, device="cpu")
+
+
+def time_video(predictor, path: Path) -> dict:
+    from common.inference import aggregate, frame_probabilities
+
+    extractor = predictor.extractor
+    t0 = time.perf_counter()
+    frames = extractor.read(path)
+    t1 = time.perf_counter()
+    faces = extractor.faces_in(frames)
+    t2 = time.perf_counter()
+    probs = predictor.crop_probabilities(faces.crops)
+    aggregate(frame_probabilities(probs, faces.frame_idx), predictor.calibration["aggregation"], **predictor.params)
+    t3 = time.perf_counter()
+    total_frames = grab_all(path)
+    t4 = time.perf_counter()
+    return {"decode": t1 - t0, "detect": t2 - t1, "classify": t3 - t2, "floor": t4 - t3,
+            "frames": len(frames), "total_frames": total_frames, "crops": len(faces), "found": faces.found_faces,
+            "size": f"{frames.shape[2]}x{frames.shape[1]}"}
+
+
+def report(rows: list[dict], cfg, predictor, options: dict, seconds: float) -> str:
+    import torch
+
+    lines = [
+        "# Deepfake inference: seconds per video on this machine",
+        "",
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), CPU; "
+        f"backbone {cfg.model.backbone} at {cfg.data.image_size[0]} px, {len(predictor.models)} model(s), "
+        f"flip TTA {bool(cfg.infer.tta_flip)}; {cfg.video.frames} frames per video, detector "
+        f"{predictor.extractor.detector_name}, faces {cfg.faces.mode}. Mean over the videos of each set"
+        f"{' (best of ' + str(options['repeat']) + ' passes)' if int(options['repeat']) > 1 else ''}.",
+        "",
+        "| videos | n | frame size | frames kept / in file | decode | detect | classify | total | floor: grab all frames | faces found |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(f"| {row['set']} | {row['n']} | {row['size']} | {row['frames']:.0f} / {row['total_frames']:.0f} | "
+                     f"{row['decode']:.3f} | {row['detect']:.3f} | {row['classify']:.3f} | {row['total']:.3f} | "
+                     f"{row['floor']:.3f} | {row['found']:.0%} |")
+    lines += ["", "decode + detect + classify = total, what `common.inference` spends per video; the floor is "
+              "what decoding alone costs, whatever the frame sampler.", f"Bench wall time {seconds:.0f} s."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    started = time.time()
+    try:
+        options, overrides = parse_options(argv)
+        cfg = load_config(REPO_ROOT / "competitions" / "deepfake" / "config.yaml", overrides)
+        sets = video_sets(options, cfg)
+        predictor = make_predictor(cfg)
+        cfg = predictor.cfg
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import torch
+
+    if options["threads"]:
+        torch.set_num_threads(int(options["threads"]))
+    rows = []
+    for name, files in sets.items():
+        files = files[: int(options["limit"])] if options["limit"] else files
+        time_video(predictor, files[0])  # warm-up: first model call, detector and decoder initialisation
+        per_video = []
+        for path in files:
+            passes = [time_video(predictor, path) for _ in range(max(1, int(options["repeat"])))]
+            best = min(passes, key=lambda r: r["decode"] + r["detect"] + r["classify"])
+            per_video.append(best)
+        table = pd.DataFrame(per_video)
+        row = {"set": name, "n": len(files), "size": table["size"].iloc[0],
+               **{k: float(table[k].mean()) for k in ("decode", "detect", "classify", "floor", "frames",
+                                                       "total_frames", "found")}}
+        row["total"] = row["decode"] + row["detect"] + row["classify"]
+        rows.append(row)
+        print(f"{name}: {len(files)} videos, decode {row['decode']:.3f} s, detect {row['detect']:.3f} s, classify "
+              f"{row['classify']:.3f} s, floor {row['floor']:.3f} s per video", flush=True)
+    text = report(rows, cfg, predictor, options, time.time() - started)
+    out = Path(options["out"])
+    out = out if out.is_absolute() else REPO_ROOT / out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "deepfake.md").write_text(text + "\n")
+    print("\n" + text + f"\n\ntable: {out / 'deepfake.md'}", flush=True)
+    return 0

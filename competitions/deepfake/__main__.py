@@ -1,0 +1,6 @@
+import sys
+
+import competitions.deepfake as module
+from common.cli import main
+
+sys.exit(main(module, sys.argv[1:]))

@@ -1,0 +1,29 @@
+"""The DFDC submission format: `filename,label`, one row per test video, label = P(fake) in [0, 1]."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from common.errors import DataError
+
+
+def validate_submission(frame: pd.DataFrame, sample: pd.DataFrame | None = None, where: str = "submission") -> None:
+    """Raise DataError naming the first problem: columns, rows and order, duplicates, probabilities."""
+    if list(frame.columns) != ["filename", "label"]:
+        raise DataError(f"{where}: columns must be filename,label, got {','.join(map(str, frame.columns))}")
+    if sample is not None:
+        if len(frame) != len(sample):
+            raise DataError(f"{where}: {len(frame)} rows, sample_submission.csv has {len(sample)}")
+        mismatch = frame.filename.astype(str).to_numpy() != sample.filename.astype(str).to_numpy()
+        if mismatch.any():
+            i = int(mismatch.argmax())
+            raise DataError(f"{where}: row {i + 1} is video {frame.filename.iloc[i]}, "
+                            f"sample_submission.csv has {sample.filename.iloc[i]} (same videos, same order required)")
+    if frame.filename.duplicated().any():
+        raise DataError(f"{where}: video {frame.filename[frame.filename.duplicated()].iloc[0]} appears twice")
+    labels = pd.to_numeric(frame.label, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(labels) | (labels < 0) | (labels > 1)
+    if bad.any():
+        i = int(bad.argmax())
+        raise DataError(f"{where}: video {frame.filename.iloc[i]} has label {frame.label.iloc[i]!r}; "
+                        "a probability in [0, 1] is required")

@@ -1,0 +1,283 @@
+"""Deepfake detection on the shared core: format, grouped folds, aggregation, calibration, robust
+inference, the face cache, and one end-to-end smoke train + predict."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import competitions.deepfake as deepfake
+from common.cli import main
+from common.errors import DataError
+from common.folds import assert_groups_within_folds, group_folds
+from common.inference import (UNKNOWN, UnreadableVideoWarning, VideoPredictor, aggregate, calibrate,
+                              frame_probabilities, to_tensor)
+from common.metrics import log_loss
+from common.video_classification import class_weights, fit_temperature, tune_clip_eps
+from competitions.deepfake import COMPETITION
+from competitions.deepfake.demo import TRAIN_DIR, write_demo
+from competitions.deepfake.submission import validate_submission
+
+SMALL = dict(n_real=4, fakes_per_real=2, n_test=4, n_frames=8, progress=False)
+# preset=smoke, a little smaller still: the test must stay well under a minute on a busy 2-core box
+FAST = ["preset=smoke", "data.image_size=[32,32]", "video.frames=4", "progress=false", "data.num_workers=0"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return write_demo(tmp_path_factory.mktemp("deepfake_demo"), **SMALL)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(demo, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    args = ["train", *FAST, f"data.root={demo}", f"run.root={runs}", "run.name=smoke", f"data.cache_dir={runs / 'cache'}"]
+    assert main(deepfake, args) == 0
+    return runs, runs / "deepfake" / "smoke", args
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+
+def test_train_writes_a_complete_run_directory(smoke_run, demo):
+    _, run, _ = smoke_run
+    for name in ["config.yaml", "log.csv", "folds.csv", "oof.csv", "metrics.json", "calibration.json", "submission.csv",
+                 "curves.png", "reliability.png", "reliability_test.png", "logloss_vs_eps.png",
+                 "fold0/best.pt", "fold0/last.pt", "fold0/oof_frames.csv"]:
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ["oof_logloss", "baseline_logloss", "test_logloss", "test_baseline_logloss", "aggregation",
+                "temperature", "clip_eps", "oof_logloss_mean", "oof_logloss_confident"]:
+        assert key in metrics, key
+    assert metrics["baseline_logloss"] == pytest.approx(math.log(2))
+    assert metrics["aggregation"] in ("mean", "median", "confident")
+    # the chosen post-processing is the best of the strategies on OOF, and no worse than the raw mean
+    assert metrics["oof_logloss"] == pytest.approx(min(metrics[f"oof_logloss_{s}"] for s in ("mean", "median", "confident")))
+    eps = metrics["clip_eps"]
+    sub = pd.read_csv(run / "submission.csv")
+    validate_submission(sub, pd.read_csv(demo / "sample_submission.csv"))
+    assert sub.label.between(eps, 1 - eps).all()
+    log = pd.read_csv(run / "log.csv")
+    assert {"fold", "epoch", "train_loss", "logloss", "auc"} <= set(log.columns) and len(log) == 2
+    oof = pd.read_csv(run / "oof.csv")
+    folds = pd.read_csv(run / "folds.csv")
+    assert set(oof.video) == set(folds.video[folds.fold == 0])  # smoke: one fold's videos, each once
+    assert_groups_within_folds(folds.fold, folds.group)
+
+
+def test_rerun_refuses_and_resume_reuses_finished_folds(smoke_run, capsys):
+    _, run, args = smoke_run
+    before = (run / "fold0" / "best.pt").stat().st_mtime_ns
+    assert main(deepfake, args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(deepfake, [*args, "resume=true"]) == 0
+    assert "finished earlier" in capsys.readouterr().out
+    assert (run / "fold0" / "best.pt").stat().st_mtime_ns == before
+
+
+def test_predict_decodes_videos_and_matches_the_cached_path(smoke_run, demo, tmp_path, capsys):
+    runs, run, _ = smoke_run
+    out = tmp_path / "pred.csv"
+    assert main(deepfake, ["predict", f"run.root={runs}", "run.name=smoke", f"data.root={demo}", f"out={out}",
+                           "progress=false"]) == 0
+    assert "log loss against" in capsys.readouterr().out
+    predicted = pd.read_csv(out)
+    validate_submission(predicted, pd.read_csv(demo / "sample_submission.csv"))
+    # on-the-fly decode + detect (predict, the Kaggle kernel) gives what training's cached faces gave
+    np.testing.assert_allclose(predicted.label, pd.read_csv(run / "submission.csv").label, atol=1e-5)
+
+
+def test_unreadable_video_gets_one_half_and_a_warning(smoke_run, demo, tmp_path):
+    _, run, _ = smoke_run
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    good = sorted((demo / "test_videos").glob("*.mp4"))[0]
+    predictor = VideoPredictor.load(run, device="cpu", progress=False)
+    with pytest.warns(UnreadableVideoWarning) as caught:
+        probs = predictor.predict([broken, tmp_path / "missing.mp4", good])
+    messages = " ".join(str(w.message) for w in caught)
+    assert "broken.mp4" in messages and "missing.mp4: video file not found; predicting 0.5" in messages
+    assert probs[0] == UNKNOWN and probs[1] == UNKNOWN
+    eps = predictor.calibration["clip_eps"]
+    assert eps <= probs[2] <= 1 - eps
+    assert predictor.failures == [str(broken), str(tmp_path / "missing.mp4")]
+
+
+def test_self_blend_only_trains_on_real_videos(demo, tmp_path, capsys):
+    """`blend.mode=only`: no fake video in training, yet a classifier and a valid submission come out."""
+    args = ["train", *FAST, "blend.mode=only", "train.epochs=1", f"data.root={demo}", f"run.root={tmp_path}",
+            "run.name=sbi", f"data.cache_dir={tmp_path / 'cache'}", "infer.tta_flip=false"]
+    assert main(deepfake, args) == 0
+    run = tmp_path / "deepfake" / "sbi"
+    n_real = SMALL["n_real"] // 2  # fold 0 of 2 trains on the other half of the groups, reals only
+    assert f"fold 0: {n_real} training videos ({n_real * 4} crops, real only + self-blends)" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["oof_logloss"] > 0
+    validate_submission(pd.read_csv(run / "submission.csv"), pd.read_csv(demo / "sample_submission.csv"))
+
+
+# --- format ---------------------------------------------------------------------------------
+
+
+def _sample(n=3):
+    return pd.DataFrame({"filename": [f"v{i}.mp4" for i in range(n)], "label": 0.5})
+
+
+def test_submission_validation_names_the_problem():
+    sample = _sample()
+    good = sample.assign(label=[0.1, 0.9, 0.5])
+    validate_submission(good, sample)
+    cases = {
+        "columns must be filename,label": good.rename(columns={"label": "prob"}),
+        "rows": good.iloc[:2],
+        "same videos, same order": good.iloc[::-1].reset_index(drop=True),
+        "appears twice": pd.DataFrame({"filename": ["a.mp4", "a.mp4"], "label": [0.1, 0.2]}),
+        "probability in \\[0, 1\\]": good.assign(label=[0.1, 1.5, 0.5]),
+    }
+    for message, frame in cases.items():
+        with pytest.raises(DataError, match=message):
+            validate_submission(frame, sample if message != "appears twice" else None)
+    with pytest.raises(DataError, match="v1.mp4"):
+        validate_submission(good.assign(label=[0.1, float("nan"), 0.5]), sample)
+
+
+def test_write_submission_refuses_a_wrong_video_list(demo, tmp_path):
+    test = COMPETITION.read_test(demo)
+    with pytest.raises(DataError, match="sample_submission.csv"):
+        COMPETITION.write_submission(test.video[::-1].tolist(), np.full(len(test), 0.5), tmp_path / "s.csv", demo)
+    assert not (tmp_path / "s.csv").exists()
+
+
+# --- folds ----------------------------------------------------------------------------------
+
+
+def test_folds_keep_each_fake_with_its_original(demo):
+    train = COMPETITION.read_train(demo)
+    fakes = train[train.label == 1]
+    assert (fakes.group == fakes.original).all() and fakes.original.isin(train.video).all()
+    folds = group_folds(train.label, train.group, n_folds=2, seed=0)
+    by_video = dict(zip(train.video, folds))
+    assert all(by_video[v] == by_video[o] for v, o in zip(fakes.video, fakes.original))
+    assert_groups_within_folds(folds, train.group)
+    leaking = folds.copy()
+    leaking[np.flatnonzero(train.video == fakes.video.iloc[0])] = 1 - by_video[fakes.original.iloc[0]]
+    with pytest.raises(AssertionError, match="fold leak"):
+        assert_groups_within_folds(leaking, train.group)
+
+
+def test_missing_original_is_a_clear_error_or_kept_on_request(demo, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(demo, root)
+    meta_path = root / TRAIN_DIR / "metadata.json"
+    metadata = json.loads(meta_path.read_text())
+    original = next(e["original"] for e in metadata.values() if e["label"] == "FAKE")
+    del metadata[original]
+    (root / TRAIN_DIR / original).unlink()
+    meta_path.write_text(json.dumps(metadata))
+    with pytest.raises(DataError, match=rf"metadata.json.*names original {original}.*missing_original=keep"):
+        COMPETITION.read_train(root)
+    kept = COMPETITION.read_train(root, missing_original="keep")
+    orphans = kept[kept.original == original]
+    assert len(orphans) == SMALL["fakes_per_real"] and (orphans.group == original).all()
+
+
+def test_bad_metadata_label_names_the_file_and_video(demo, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(demo, root)
+    meta_path = root / TRAIN_DIR / "metadata.json"
+    metadata = json.loads(meta_path.read_text())
+    video = sorted(metadata)[0]
+    metadata[video]["label"] = "MAYBE"
+    meta_path.write_text(json.dumps(metadata))
+    with pytest.raises(DataError, match=rf"metadata.json: video {video} has label 'MAYBE'"):
+        COMPETITION.read_train(root)
+
+
+# --- aggregation, calibration, clipping -----------------------------------------------------
+
+
+def test_frame_probability_is_the_most_suspicious_face():
+    probs = np.array([0.1, 0.7, 0.2, 0.3])
+    frames = np.array([0, 0, 1, 1])
+    np.testing.assert_allclose(frame_probabilities(probs, frames), [0.7, 0.3])
+
+
+def test_aggregation_strategies_on_constructed_frames():
+    swap_in_a_third = np.array([0.95, 0.9, 0.92, 0.85, 0.93] + [0.3] * 7)  # 5 of 12 frames confidently fake
+    assert aggregate(swap_in_a_third, "mean") == pytest.approx(swap_in_a_third.mean())
+    assert aggregate(swap_in_a_third, "median") == pytest.approx(0.3)
+    assert aggregate(swap_in_a_third, "confident") == pytest.approx(np.mean([0.95, 0.9, 0.92, 0.85, 0.93]))
+    mostly_real = np.array([0.05] * 11 + [0.6])
+    assert aggregate(mostly_real, "confident") == pytest.approx(0.05)
+    undecided = np.array([0.9, 0.1, 0.5, 0.6])  # 1 of 4 confident: below the share, plain mean
+    assert aggregate(undecided, "confident") == pytest.approx(undecided.mean())
+    assert aggregate(swap_in_a_third, "confident", share=0.5) == pytest.approx(swap_in_a_third.mean())
+    with pytest.raises(KeyError, match="unknown aggregation"):
+        aggregate(undecided, "vote")
+
+
+def test_clip_eps_protects_against_a_confident_mistake_and_ties_go_to_larger_eps():
+    y = np.array([1] * 9 + [0])
+    p = np.array([0.999] * 9 + [0.999])  # the last one is confidently wrong
+    eps, losses = tune_clip_eps(p, y, [0.001, 0.01, 0.1, 0.25])
+    assert eps == 0.1 and losses[2] == min(losses) and losses[0] > losses[2]
+    assert log_loss(y, np.clip(p, eps, 1 - eps)) < log_loss(y, p)
+    assert calibrate(p, 1.0, eps).max() == pytest.approx(1 - eps)
+    tie, _ = tune_clip_eps(np.array([0.3, 0.6, 0.7]), np.array([0, 1, 1]), [0.001, 0.01, 0.05])
+    assert tie == 0.05  # nothing near the edges: every eps scores the same, the safest wins
+
+
+def test_temperature_softens_overconfident_and_sharpens_timid_predictions():
+    rng = np.random.default_rng(0)
+    true_p = rng.uniform(0.05, 0.95, 4000)
+    y = (rng.random(4000) < true_p).astype(int)  # outcomes drawn from the true probabilities
+    overconfident = calibrate(true_p, temperature=0.25)  # logits x4
+    timid = calibrate(true_p, temperature=4.0)
+    assert fit_temperature(overconfident, y) == pytest.approx(4.0, rel=0.15)
+    assert fit_temperature(timid, y) == pytest.approx(0.25, rel=0.15)
+    assert log_loss(y, calibrate(overconfident, fit_temperature(overconfident, y))) < log_loss(y, overconfident)
+
+
+def test_class_weights_balance_five_fakes_per_real():
+    w_real, w_fake = class_weights(np.array([0] * 10 + [1] * 50))
+    assert w_real * 10 == pytest.approx(w_fake * 50)
+
+
+# --- inference input matches training input -------------------------------------------------
+
+
+def test_inference_normalisation_matches_the_training_transform():
+    from common.augment import IMAGENET_MEAN, IMAGENET_STD, build_transform
+    from common.inference import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD
+
+    assert (MEAN, STD) == (IMAGENET_MEAN, IMAGENET_STD)
+    crops = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    expected = torch.stack([build_transform("none", (16, 16))(image=c)["image"] for c in crops])
+    torch.testing.assert_close(to_tensor(crops, "cpu"), expected, atol=1e-5, rtol=1e-5)
+
+
+# --- the face cache -------------------------------------------------------------------------
+
+
+def test_face_cache_is_built_once_and_records_unreadable_videos(demo, tmp_path):
+    from common.face_cache import FaceCache, FaceExtractor
+
+    videos = sorted((demo / "test_videos").glob("*.mp4"))[:2]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"garbage")
+    cache = FaceCache(FaceExtractor(frames=3, size=24), tmp_path / "cache", progress=False)
+    errors = cache.build([*videos, broken])
+    assert list(errors) == [str(broken)] and "broken.mp4" in errors[str(broken)]
+    faces = cache.load(videos[0])
+    assert faces.crops.shape == (3, 24, 24, 3) and faces.crops.dtype == np.uint8 and faces.found_faces
+    stamps = {p: cache.crop_file(p).stat().st_mtime_ns for p in videos}
+    again = FaceCache(FaceExtractor(frames=3, size=24), tmp_path / "cache", progress=False)
+    assert again.build([*videos, broken]) == errors  # nothing recomputed, the error remembered
+    assert {p: again.crop_file(p).stat().st_mtime_ns for p in videos} == stamps
+    other = FaceCache(FaceExtractor(frames=2, size=24), tmp_path / "cache", progress=False)
+    assert other.directory != cache.directory and not other.is_done(videos[0])  # new settings, new crops

@@ -72,8 +72,7 @@ def _folder_digest(root: Path) -> dict[str, str]:
 
 def test_orl_layout_and_open_set_split(shared_data, tmp_path):
     orl = shared_data / "orl_faces"
-    root = write_orl_whale_format(orl, tmp_path / "orl", held_out_subjects=10, train_per_subject=5,
-                                  new_whale_train=2, seed=0)
+    root = write_orl_whale_format(orl, tmp_path / "orl")  # defaults: 10 held out, 5 train photos each
     assert root == tmp_path / "orl"
     train, truth = _check_whale_layout(root)
     sources = _orl_sources(orl)
@@ -88,9 +87,9 @@ def test_orl_layout_and_open_set_split(shared_data, tmp_path):
     held_out = set(sources.values()) - set(train[train.Id != NEW].source)
     assert len(held_out) == 10
     assert not {f"s{int(s[1:]):02d}" for s in held_out} & set(train.Id)  # never under their own Id
-    assert set(train[train.Id == NEW].source) == held_out and (train.Id == NEW).sum() == 20
-    # Test: the other 5 photos of each known subject under its Id; all 8 left of each held-out one as new_whale.
-    assert (truth[truth.source.isin(held_out)].Id == NEW).all() and truth.source.isin(held_out).sum() == 80
+    # Held-out people have 5 photos in train as new_whale, like known ones under their Id: same new share.
+    assert set(train[train.Id == NEW].source) == held_out and (train.Id == NEW).sum() == 50
+    assert (truth[truth.source.isin(held_out)].Id == NEW).all() and truth.source.isin(held_out).sum() == 50
     known_test = truth[~truth.source.isin(held_out)]
     assert len(known_test) == 150 and (known_test.Id == known_test.source.map(lambda s: f"s{int(s[1:]):02d}")).all()
 

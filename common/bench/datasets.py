@@ -11,16 +11,20 @@ be answered `new_whale`.
   characters are trained on some drawers and tested on other (unseen) drawers; held-out characters
   appear only in test.
 
-A few images of held-out identities may go into train labelled `new_whale`, as in the Kaggle data:
-the open-set folds need such images to tune the `new_whale` threshold out of fold. Their other
-images stay in test (answer `new_whale`); the held-out identity itself never appears in train.csv.
+Images of held-out identities also go into train, labelled `new_whale`, as in the Kaggle data (38 %
+of its train images are `new_whale`): the open-set folds tune the `new_whale` threshold on them out
+of fold. By default a held-out identity has as many train images as a known one, so out-of-fold
+answers have the same share of `new_whale` as the test set and the tuned threshold transfers.
+Their other images stay in test (answer `new_whale`); the held-out identity itself never appears
+in train.csv.
 
 Files written (as competitions/whales reads them): `train.csv` (Image,Id), `train/`, `test/`,
 `sample_submission.csv` (Image,Id: new_whale + the 4 most frequent train ids), `test_truth.csv`
 (Image,Id). Image names are 9 hex digits (hashes, so a name never reveals the identity). Everything
 is a function of the source and the arguments (seed included): the output is byte-identical on
-every call. A `.arrangement.json` marker, written last, records the arguments; calling again with
-the same arguments returns at once, with other arguments the folder is rewritten.
+every call. A `.arrangement.json` marker records the arguments: calling again with the same
+arguments returns at once, with other arguments the folder is replaced (a folder without the
+marker is never touched). The folder is built aside and moved into place when complete.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import hashlib
 import json
 import re
 import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,30 +65,47 @@ def _image_name(dataset: str, seed: int, key: str) -> str:
     return hashlib.sha1(f"{dataset}|{seed}|{key}".encode()).hexdigest()[:9] + ".png"
 
 
-def _prepare(dst: Path, params: dict) -> bool:
-    """True when dst already holds this exact arrangement; otherwise leaves dst ready to write into."""
+def _already_arranged(dst: Path, params: dict) -> bool:
+    """True when dst holds this exact arrangement; DataError when it holds something else than an arrangement."""
     marker = dst / MARKER
     if marker.is_file():
-        if json.loads(marker.read_text()) == params:
-            return True
-        marker.unlink()
-        for sub in ("train", "test"):
-            shutil.rmtree(dst / sub, ignore_errors=True)
-        for name in ("train.csv", "sample_submission.csv", "test_truth.csv"):
-            (dst / name).unlink(missing_ok=True)
-    elif dst.exists() and any(dst.iterdir()):
-        raise DataError(f"{dst}: folder is not empty and holds no {MARKER}; refusing to overwrite it")
-    (dst / "train").mkdir(parents=True, exist_ok=True)
-    (dst / "test").mkdir(parents=True, exist_ok=True)
+        return json.loads(marker.read_text()) == params
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise DataError(f"{dst}: exists, is not empty and holds no {MARKER}; refusing to overwrite it")
     return False
 
 
 def _write(dst: Path, dataset: str, seed: int, params: dict,
            train: Sequence[tuple[Photo, str]], test: Sequence[tuple[Photo, str]]) -> Path:
-    """Write (photo, answer) pairs into train/ and test/ plus the CSV files, then the marker."""
+    """Write (photo, answer) pairs as train/, test/ and the CSV files, then the marker.
+
+    Built in a temporary sibling folder and moved into place at the end, so a reader (or a second
+    benchmark arranging the same data at the same time) never sees a half-written folder.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        _write_files(tmp, dataset, seed, params, train, test)
+        if _already_arranged(dst, params):  # someone else finished the same arrangement meanwhile
+            return dst
+        if dst.exists():
+            shutil.rmtree(dst)  # an older arrangement (it has a marker) or an empty folder
+        try:
+            tmp.rename(dst)
+        except OSError:
+            if not _already_arranged(dst, params):  # lost a race to another writer of the same arrangement
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def _write_files(dst: Path, dataset: str, seed: int, params: dict,
+                 train: Sequence[tuple[Photo, str]], test: Sequence[tuple[Photo, str]]) -> None:
     rows = {"train": [], "test": []}
     names: set[str] = set()
     for split, pairs in (("train", train), ("test", test)):
+        (dst / split).mkdir()
         for photo, answer in pairs:
             name = _image_name(dataset, seed, photo.key)
             if name in names:
@@ -100,7 +122,6 @@ def _write(dst: Path, dataset: str, seed: int, params: dict,
     sample = " ".join([NEW_WHALE, *frequent])
     pd.DataFrame({"Image": test_df.Image, "Id": sample}).to_csv(dst / "sample_submission.csv", index=False)
     (dst / MARKER).write_text(json.dumps(params, indent=2))
-    return dst
 
 
 def _split_identities(identities: Sequence[str], n_held_out: int, rng: np.random.Generator) -> tuple[list, list]:
@@ -126,12 +147,13 @@ def _pgm_to_png(path: Path) -> Callable[[], bytes]:
 
 
 def write_orl_whale_format(src: str | Path, dst: str | Path, *, held_out_subjects: int = 10,
-                           train_per_subject: int = 5, new_whale_train: int = 2, seed: int = 0) -> Path:
+                           train_per_subject: int = 5, new_whale_train: int | None = None, seed: int = 0) -> Path:
     """ORL faces (`src/sN/M.pgm`) as a whale-format dataset in `dst`; returns `dst`.
 
-    `held_out_subjects` people never appear under their own Id: `new_whale_train` of each one's
-    photos go into train as `new_whale`, the rest into test (truth `new_whale`). Every other person
-    has `train_per_subject` photos in train and the rest in test. Subjects are labelled `s01`..`s40`.
+    Every known person has `train_per_subject` photos in train and the rest in test. The
+    `held_out_subjects` people never appear under their own Id: `new_whale_train` (default:
+    `train_per_subject`) of each one's photos go into train as `new_whale`, the rest into test
+    (truth `new_whale`). Subjects are labelled `s01`..`s40`.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
@@ -149,11 +171,12 @@ def write_orl_whale_format(src: str | Path, dst: str | Path, *, held_out_subject
     if not 0 < train_per_subject < per_subject:
         raise DataError(f"train_per_subject={train_per_subject}: need between 1 and {per_subject - 1} "
                         f"({src} has {per_subject} images per subject)")
+    new_whale_train = train_per_subject if new_whale_train is None else new_whale_train
     if not 0 <= new_whale_train < per_subject:
         raise DataError(f"new_whale_train={new_whale_train}: need between 0 and {per_subject - 1}")
     params = {"dataset": "orl", "src": str(src.resolve()), "held_out_subjects": held_out_subjects,
               "train_per_subject": train_per_subject, "new_whale_train": new_whale_train, "seed": seed}
-    if _prepare(dst, params):
+    if _already_arranged(dst, params):
         return dst
     rng = np.random.default_rng(seed)
     known, held_out = _split_identities(sorted(subjects), held_out_subjects, rng)
@@ -180,14 +203,15 @@ def _zip_reader(archive: zipfile.ZipFile, member: str) -> Callable[[], bytes]:
 
 def write_omniglot_whale_format(zip_path: str | Path, dst: str | Path, *,
                                 n_characters: int | None = None, train_drawers: int = 10, test_drawers: int = 4,
-                                held_out_fraction: float = 0.3, new_whale_train: int = 1, seed: int = 0) -> Path:
+                                held_out_fraction: float = 0.3, new_whale_train: int | None = None, seed: int = 0) -> Path:
     """An Omniglot background zip as a whale-format dataset in `dst` (read from the zip); returns `dst`.
 
     Identities are characters (`Alphabet_characterNN`), `n_characters` of them at random (None: all).
     The 20 drawers are shuffled once: known characters get their first `train_drawers` drawers in
     train and the next `test_drawers` in test (people train never saw). A `held_out_fraction` of the
-    characters never appears in train.csv: `new_whale_train` of their drawings (from train drawers)
-    go into train as `new_whale`, and their test-drawer drawings into test (truth `new_whale`).
+    characters never appears in train.csv: `new_whale_train` (default: `train_drawers`) of their
+    train-drawer drawings go into train as `new_whale`, their test-drawer drawings into test (truth
+    `new_whale`).
     """
     zip_path, dst = Path(zip_path), Path(dst)
     if not zip_path.is_file():
@@ -210,6 +234,7 @@ def write_omniglot_whale_format(zip_path: str | Path, dst: str | Path, *,
         if train_drawers < 1 or test_drawers < 1 or train_drawers + test_drawers > len(drawers):
             raise DataError(f"train_drawers={train_drawers} + test_drawers={test_drawers}: need at least 1 each "
                             f"and at most {len(drawers)} in all (drawers every character of {zip_path} has)")
+        new_whale_train = train_drawers if new_whale_train is None else new_whale_train
         if not 0 <= new_whale_train <= train_drawers:
             raise DataError(f"new_whale_train={new_whale_train}: need between 0 and train_drawers={train_drawers}")
         if n_characters is not None and not 2 <= n_characters <= len(characters):
@@ -219,7 +244,7 @@ def write_omniglot_whale_format(zip_path: str | Path, dst: str | Path, *,
         params = {"dataset": "omniglot", "src": str(zip_path.resolve()), "n_characters": n_characters,
                   "train_drawers": train_drawers, "test_drawers": test_drawers,
                   "held_out_fraction": held_out_fraction, "new_whale_train": new_whale_train, "seed": seed}
-        if _prepare(dst, params):
+        if _already_arranged(dst, params):
             return dst
         rng = np.random.default_rng(seed)
         chosen = sorted(characters)

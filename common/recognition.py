@@ -517,7 +517,7 @@ def train(comp, cfg) -> Path:
         else:
             train_one_fold(state, fold_data(state, folds, fold), fold, fold_dir, run / "log.csv")
     fold_dirs = [run / f"fold{f}" for f in run_folds]
-    metrics, settings = evaluate_oof(state, fold_dirs, folds, run)
+    metrics, settings = evaluate_oof(state, fold_dirs, run)
 
     test_nb = neighbours_of_test(state, fold_dirs, {d.name: d / "embeddings" for d in fold_dirs})
     labels, confidences = predictions(test_nb, settings)
@@ -563,7 +563,7 @@ def train_one_fold(state: RecognitionRun, fold: FoldData, k: int, fold_dir: Path
     frame.to_csv(fold_dir / "oof.csv", index=False)  # written last: its presence marks the fold finished
 
 
-def evaluate_oof(state: RecognitionRun, fold_dirs: list[Path], folds: np.ndarray, run: Path):
+def evaluate_oof(state: RecognitionRun, fold_dirs: list[Path], run: Path):
     """Tune the vote on all out-of-fold queries; write oof.csv, the grid and the plots."""
     cfg = state.cfg
     oof = pd.concat([pd.read_csv(d / "oof.csv", dtype=str, keep_default_na=False) for d in fold_dirs],

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import backbones as _backbones  # noqa: F401  (registers the small CPU backbones with timm)
 from .errors import ConfigError
 
 

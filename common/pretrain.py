@@ -212,6 +212,9 @@ def pretrain(comp, cfg) -> Path:
     plots.training_curves(run / "log.csv", run / "curves.png")
     if has_eval:
         print(f"\nkNN top-1 {initial['knn_top1']:.4f} -> {result.best_score:.4f} (epoch {result.best_epoch})")
+        if result.best_score <= initial["knn_top1"]:
+            print("note: the pretext training has not improved on the initial backbone yet "
+                  "(more ssl.epochs, or keep the initial weights)", flush=True)
     print(f"backbone: {run / 'backbone.pt'}\nfine-tune with: model.init={run / 'backbone.pt'}\n"
           f"run directory: {run}", flush=True)
     return run

@@ -105,7 +105,8 @@ class Neighbours:
     sims [n, K]: cosine to the K nearest gallery images, best first (-inf where none);
     codes [n, K]: their class as an index into `classes` (NO_CLASS where none);
     gallery_distractor [n, K, M]: each neighbour's M highest cosines to the distractor set;
-    query_distractor [n, M]: the query's M highest cosines to the distractor set (M = 0: no set).
+    query_distractor [n, M]: the query's M highest cosines to the distractor set (M = 0: no set);
+    index: the faiss index class that searched the gallery (not saved).
     """
 
     sims: np.ndarray
@@ -113,6 +114,7 @@ class Neighbours:
     classes: np.ndarray
     gallery_distractor: np.ndarray
     query_distractor: np.ndarray
+    index: str = ""
 
     def __len__(self) -> int:
         return len(self.sims)
@@ -304,18 +306,16 @@ def find_neighbours(gallery, gallery_labels: Sequence, queries, reference=None, 
     sims, ids = _search_in_chunks(index, queries, k, chunk)
     labels = np.where(ids >= 0, gallery_labels[np.where(ids >= 0, ids, 0)], "")
     if reference is None or len(reference) == 0 or topm < 1:
-        return Neighbours.from_labels(sims, labels, np.zeros(sims.shape + (0,), np.float32),
-                                      np.zeros((len(sims), 0), np.float32))
-    reference_index = build_index(reference, **params)
-    query_distractor, _ = _search_in_chunks(reference_index, queries, topm, chunk)
-    gallery_top, _ = _search_in_chunks(reference_index, gallery, topm, chunk)  # [n_gallery, M]
-    gallery_distractor = np.where((ids >= 0)[..., None], gallery_top[np.where(ids >= 0, ids, 0)], -np.inf)
-    return Neighbours.from_labels(sims, labels, gallery_distractor, query_distractor)
-
-
-def describe_index(n: int, index_params: Mapping) -> str:
-    return "exact (IndexFlatIP)" if n <= int(index_params.get("exact_max", 200_000)) else (
-        "IVF-PQ" if index_params.get("pq_m") else "IVF")
+        nb = Neighbours.from_labels(sims, labels, np.zeros(sims.shape + (0,), np.float32),
+                                    np.zeros((len(sims), 0), np.float32))
+    else:
+        reference_index = build_index(reference, **params)
+        query_distractor, _ = _search_in_chunks(reference_index, queries, topm, chunk)
+        gallery_top, _ = _search_in_chunks(reference_index, gallery, topm, chunk)  # [n_gallery, M]
+        gallery_distractor = np.where((ids >= 0)[..., None], gallery_top[np.where(ids >= 0, ids, 0)], -np.inf)
+        nb = Neighbours.from_labels(sims, labels, gallery_distractor, query_distractor)
+    nb.index = type(index).__name__
+    return nb
 
 
 # =============================================================================================
@@ -376,22 +376,33 @@ class RecognitionRun:
         return extract_embeddings(model, self.dataset(rows), batch_size=self.cfg.infer.batch_size, device=self.device,
                                   tta_flip=tta, desc=desc, progress=self.cfg.progress)
 
-    def embed_all(self, model, directory: Path, key: str) -> dict[str, EmbeddingStore]:
-        """Train, test and distractor embeddings of one model, streamed to `directory` (resumable)."""
+    def embed_all(self, model, directory: Path, key: str,
+                  parts: Sequence[str] = ("train", "test", "distractors")) -> dict[str, EmbeddingStore]:
+        """Embeddings of one model (train, test, distractor images), streamed to `directory` (resumable)."""
         cfg = self.cfg
-        stores = {}
-        for part in ("train", "test", "distractors"):
-            stores[part] = embed_to_store(
-                model, self.dataset(self.rows[part]), self.ids[part], directory / part, dim=cfg.model.embedding_dim,
-                key=key, chunk_size=int(cfg.recognition.chunk_size), batch_size=cfg.infer.batch_size,
-                device=self.device, tta_flip=bool(cfg.infer.tta_flip), desc=f"embed {part}", progress=cfg.progress)
-        return stores
+        return {part: embed_to_store(
+            model, self.dataset(self.rows[part]), self.ids[part], directory / part, dim=cfg.model.embedding_dim,
+            key=key, chunk_size=int(cfg.recognition.chunk_size), batch_size=cfg.infer.batch_size, device=self.device,
+            tta_flip=bool(cfg.infer.tta_flip), desc=f"embed {part}", progress=cfg.progress) for part in parts}
 
 
 def _checkpoint_key(fold_dir: Path, cfg) -> str:
-    """Identifies what produced an embedding: the checkpoint file, TTA and the image size."""
-    stat = (fold_dir / "best.pt").stat()
-    return f"{stat.st_size}-{stat.st_mtime_ns}|tta={bool(cfg.infer.tta_flip)}|size={list(cfg.data.image_size)}"
+    """Identifies what produced an embedding: the checkpoint's content (so a copied run, e.g. a Kaggle
+    weights dataset, still matches its stored embeddings), TTA and the image size."""
+    digest = hashlib.sha1()
+    with open(fold_dir / "best.pt", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{digest.hexdigest()[:16]}|tta={bool(cfg.infer.tta_flip)}|size={list(cfg.data.image_size)}"
+
+
+def _stored_distractors(fold_dir: Path, key: str) -> EmbeddingStore | None:
+    """The distractor embeddings `train` left in a fold, if they came from this very checkpoint."""
+    stem = fold_dir / "embeddings" / "distractors"
+    if not stem.with_suffix(".json").exists():
+        return None
+    store = EmbeddingStore.open(stem)
+    return store if store.complete and store.key == key and len(store) else None
 
 
 def class_balanced_loader(cfg, dataset, y: np.ndarray, seed: int) -> DataLoader:
@@ -524,6 +535,7 @@ def train(comp, cfg) -> Path:
     sub_path = comp.write_submission(state.test_df.image.tolist(), labels, confidences, run / "submission.csv",
                                      state.root)
     metrics.update(score_test(state, test_nb, settings, metrics))
+    metrics["gallery_index"] = test_nb.index
     metrics["train_minutes"] = round((time.time() - started) / 60, 2)
     metrics["data_root"] = str(state.root)
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -594,7 +606,6 @@ def evaluate_oof(state: RecognitionRun, fold_dirs: list[Path], run: Path):
         metrics["oof_gap_rerank"] = score(labels, conf, truth)
         metrics["rerank"] = asdict(chosen)
         _plot_penalty_curve(table, chosen, metrics["oof_baseline_gap"], run / "gap_vs_query_penalty.png")
-    metrics["gallery_index"] = describe_index(len(state.labels), cfg.recognition.index)
     panels = [("without re-ranking", plain_conf, plain_labels)] + ([("with re-ranking", conf, labels)] if rerank else [])
     confidence_histograms([(title, c, np.array([p == t for p, t in zip(lab, truth)])) for title, c, lab in panels],
                           (oof.kind == "distractor").to_numpy(), run / "confidence_hist.png")
@@ -614,23 +625,29 @@ def _oof_member_embeddings(state: RecognitionRun, fold_dir: Path) -> np.ndarray:
 
 def neighbours_of_test(state: RecognitionRun, fold_dirs: list[Path], store_dirs: Mapping[str, Path]) -> Neighbours:
     """Test queries against the whole training set, with every fold model (embeddings concatenated:
-    the cosine of the concatenation is the mean cosine of the folds)."""
+    the cosine of the concatenation is the mean cosine of the folds).
+
+    Distractors come from the data root's distractor folder, else from the embeddings `train`
+    stored in each fold (so a run re-ranks on data that has no distractors, e.g. Kaggle's).
+    """
     cfg = state.cfg
-    parts: dict[str, list] = {"train": [], "test": [], "distractors": []}
+    if len(state.labels) == 0:
+        raise DataError(f"{state.root}: no training image to search against")
+    parts = ["train", "test"] + (["distractors"] if state.distractors else [])
+    joined: dict[str, list] = {p: [] for p in ("train", "test", "distractors")}
     for fold_dir in fold_dirs:
-        directory = store_dirs[fold_dir.name]
-        key = _checkpoint_key(fold_dir, cfg)
+        directory, key = store_dirs[fold_dir.name], _checkpoint_key(fold_dir, cfg)
         stores = {p: EmbeddingStore(directory / p, state.ids[p], cfg.model.embedding_dim,
                                     chunk_size=int(cfg.recognition.chunk_size), key=key) for p in parts}
         if not all(s.complete for s in stores.values()):
-            stores = state.embed_all(_rebuild_model(cfg, fold_dir, state.device), directory, key)
+            stores = state.embed_all(_rebuild_model(cfg, fold_dir, state.device), directory, key, parts)
+        if not state.distractors and (stored := _stored_distractors(fold_dir, key)) is not None:
+            stores["distractors"] = stored
         for part, store in stores.items():
-            parts[part].append(store.array())
-    joined = {p: a[0] if len(a) == 1 else np.concatenate(a, axis=1).astype(np.float32) / np.sqrt(len(a))
-              for p, a in parts.items()}
-    if len(state.labels) == 0:
-        raise DataError(f"{state.root}: no training image to search against")
-    return find_neighbours(joined["train"], state.labels, joined["test"], joined["distractors"],
+            joined[part].append(store.array())
+    arrays = {p: None if len(a) < len(fold_dirs) else a[0] if len(a) == 1
+              else np.concatenate(a, axis=1).astype(np.float32) / np.sqrt(len(a)) for p, a in joined.items()}
+    return find_neighbours(arrays["train"], state.labels, arrays["test"], arrays["distractors"],
                            k=int(cfg.recognition.neighbours), topm=int(cfg.recognition.distractor_topm),
                            index_params=cfg.recognition.index)
 
@@ -704,7 +721,8 @@ def confidence_histograms(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], 
 # predict
 # =============================================================================================
 def predict(comp, cfg) -> Path:
-    """`predict run.name=NAME [data.root=DIR] [out=FILE]`: a finished run on (possibly other) data."""
+    """`predict run.name=NAME [data.root=DIR] [out=FILE] [recognition.rerank=false]`: a finished run on
+    (possibly other) data, with the vote settings tuned by its `train`."""
     overrides = {"data": dict(cfg.data), "infer": dict(cfg.infer), "out": cfg.get("out"), "progress": cfg.progress,
                  "recognition": dict(cfg.recognition)}
     run = run_dir(cfg, comp.name, create=False)
@@ -718,17 +736,19 @@ def predict(comp, cfg) -> Path:
     if not metrics_path.exists():
         raise DataError(f"{metrics_path}: missing (the run did not finish, so it has no tuned vote settings)")
     metrics = json.loads(metrics_path.read_text())
-    settings = VoteSettings(**metrics.get("rerank", metrics["vote"]))
+    rerank = bool(overrides["recognition"]["rerank"]) and "rerank" in metrics  # recognition.rerank=false: plain vote
+    settings = VoteSettings(**(metrics["rerank"] if rerank else metrics["vote"]))
     fold_dirs = sorted(d for d in run.glob("fold*") if (d / "best.pt").exists() and (d / "classes.json").exists())
     if not fold_dirs:
         raise DataError(f"{run}: no trained fold (fold*/best.pt)")
     state = RecognitionRun(comp, saved)
-    if settings.reranks and not state.distractors:
-        print("no distractors for this data root: predicting without re-ranking", flush=True)
-        settings = VoteSettings(**metrics["vote"])
     where = hashlib.sha1(str(state.root).encode()).hexdigest()[:12]
     cache = run / "predict_embeddings" / where
     nb = neighbours_of_test(state, fold_dirs, {d.name: cache / d.name for d in fold_dirs})
+    if settings.reranks and nb.query_distractor.shape[1] == 0:
+        print("no distractor embeddings (no distractor folder, none stored in the run): predicting without "
+              "re-ranking", flush=True)
+        settings = VoteSettings(**metrics["vote"])
     labels, confidences = predictions(nb, settings)
     out = Path(overrides["out"]) if overrides["out"] else (
         run / "predictions" / f"submission-{time.strftime('%Y%m%d-%H%M%S')}.csv")

@@ -168,7 +168,7 @@ def test_gallery_index_is_chosen_by_size(monkeypatch):
     exact = find_neighbours(gallery, labels, queries, k=5, topm=0, index_params={"exact_max": 1000, "use_gpu": False})
     ivf = find_neighbours(gallery, labels, queries, k=5, topm=0,
                           index_params={"exact_max": 100, "nlist": 8, "nprobe": 8, "use_gpu": False})
-    assert built == ["IndexFlatIP", "IndexIVFFlat"]
+    assert built == ["IndexFlatIP", "IndexIVFFlat"] and (exact.index, ivf.index) == ("IndexFlatIP", "IndexIVFFlat")
     np.testing.assert_array_equal(exact.labels(), ivf.labels())  # nprobe = nlist: IVF searches everything
     assert (exact.labels()[:, 0] == [f"c{i}" for i in range(10)]).all()
 
@@ -196,6 +196,7 @@ def test_train_writes_a_complete_run_and_a_valid_submission(smoke_run, tiny_demo
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ["oof_gap", "oof_gap_rerank", "oof_baseline_gap", "test_gap", "test_gap_plain", "test_baseline_gap"]:
         assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["gallery_index"] == "IndexFlatIP"
     assert metrics["rerank_enabled"] and set(metrics["rerank"]) == {"k", "topm", "query_penalty", "gallery_penalty"}
     assert metrics["oof_gap_rerank"] >= metrics["oof_gap"]  # the grid includes "no penalty"
     oof = pd.read_csv(run / "oof.csv", dtype=str, keep_default_na=False)
@@ -230,9 +231,70 @@ def test_predict_on_another_data_root(smoke_run, tmp_path, capsys):
     assert answers <= set(pd.read_csv(other / "train.csv", dtype=str).landmark_id)  # answered from the new gallery
 
 
+def test_predict_without_distractor_folder_uses_the_distractors_stored_in_the_run(smoke_run, tiny_demo, tmp_path,
+                                                                                  capsys):
+    runs, run, _ = smoke_run
+    out = tmp_path / "pred.csv"
+    assert _cli("predict", f"run.root={runs}", "run.name=smoke", f"data.root={tiny_demo}", "recognition.distractors=null",
+                f"out={out}", "progress=false", f"data.cache_dir={runs / 'cache'}") == 0
+    assert "no distractor embeddings" not in capsys.readouterr().out
+    same = pd.read_csv(run / "submission.csv", dtype=str, keep_default_na=False)
+    pd.testing.assert_frame_equal(pd.read_csv(out, dtype=str, keep_default_na=False), same)  # = train's re-ranked answer
+
+
 def test_bad_input_is_reported_with_the_file(tiny_demo, tmp_path, capsys):
     assert _cli("predict", f"run.root={tmp_path}", "run.name=nope") == 2
     assert "no run named 'nope'" in capsys.readouterr().err
     assert _cli("train", "preset=smoke", f"data.root={tiny_demo}", f"run.root={tmp_path}", "progress=false",
                 f"recognition.distractors={tmp_path / 'absent'}") == 2
     assert "absent: folder not found" in capsys.readouterr().err
+
+
+# --- training-side pieces ------------------------------------------------------------------------------
+def _config(*overrides):
+    from common.config import load_config
+
+    return load_config(landmarks.CONFIG_PATH, ["data.num_workers=0", *overrides])
+
+
+def test_rare_classes_are_sampled_more_than_their_share():
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from common.recognition import class_balanced_loader
+
+    y = np.array([0] * 4 + [1] * 1000)
+    dataset = TensorDataset(torch.zeros(len(y), 1), torch.as_tensor(y))
+    drawn = np.concatenate([labels.numpy() for _, labels in class_balanced_loader(_config(), dataset, y, seed=0)])
+    assert len(y) - 32 < len(drawn) <= len(y)  # one epoch (the last partial batch is dropped)
+    share = np.mean(drawn == 0)  # expected 2 / (2 + sqrt(1000)) = 6 % with balance 0.5, not 0.4 %
+    assert 0.03 < share < 0.1
+    plain = class_balanced_loader(_config("recognition.balance=0"), dataset, y, seed=0)
+    assert np.mean(np.concatenate([labels.numpy() for _, labels in plain]) == 0) < 0.01  # plain shuffling
+
+
+@pytest.mark.parametrize("mode", ["head", "knn"])
+def test_per_epoch_validation_scores_gap(mode):
+    """Both per-epoch evaluations on separable embeddings: right classes first, the distractor last."""
+    import torch
+    from types import SimpleNamespace
+
+    from common.heads import create_head
+    from common.recognition import EPOCH_EVALUATIONS, FoldData
+
+    cfg = _config()
+    centres = np.eye(8, dtype=np.float32)[:3]
+    train_emb = np.repeat(centres, 2, axis=0)  # rows 0-5: classes 0,0,1,1,2,2
+    query_emb = np.stack([_unit((0, 1), (4, .3)), _unit((1, 1), (4, .5)), _unit((7, 1), (2, .2))])
+    embeddings = np.concatenate([train_emb, query_emb])
+    state = SimpleNamespace(cfg=cfg, device=torch.device("cpu"), labels=np.array(["a", "a", "b", "b", "c", "c"],
+                                                                                 dtype=object),
+                            embed=lambda model, rows, desc, tta: embeddings[rows])
+    fold = FoldData(train_rows=np.arange(6), val_rows=np.array([]), distractor_queries=np.array([]),
+                    distractor_reference=np.array([]), classes=["a", "b", "c"], y=np.array([0, 0, 1, 1, 2, 2]),
+                    query_rows=np.array([6, 7, 8]), query_truth=["a", "b", None],
+                    query_truth_codes=np.array([0, 1, -2]))
+    head = create_head("subcenter_arcface", 8, 3, {"subcenters": 1})
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(centres))
+    assert EPOCH_EVALUATIONS[mode](state, fold)(SimpleNamespace(head=head)) == {"gap": 1.0}

@@ -3,9 +3,12 @@
 Why: a recognition gallery grows to millions of images (1.5 M in Landmark Recognition), where
 exact search of every query against every image is the bottleneck. `common.retrieval.build_index`
 switches from exact (IndexFlatIP) to IVF above `exact_max`; this bench measures what that buys
-and what it loses, on the vectors such a gallery holds: 512-d, L2-normalised, clustered (many
-classes of a few to a few hundred images, like landmark embeddings), not uniform noise, on which
-no index can beat brute force.
+and what it loses, on the vectors such a gallery holds: 512-d, L2-normalised and clustered at two
+scales (Zipf-sized classes of 2 to 5000 images, each made of views of about 10 near-duplicate
+images; see `clustered_vectors`), not uniform noise, on which no index can beat brute force.
+`view_size=1` gives classes without views (isotropic noise around the class centre): the worst
+case for IVF, where a query's exact nearest neighbour is a coin toss among its class's images
+spread over several lists, so recall@1 needs a larger nprobe.
 
 Per gallery size: build time, queries per second (all queries in one batched call), recall@1
 (the IVF's first neighbour is the exact first neighbour) and recall@10 (overlap of the ten

@@ -21,6 +21,9 @@ NAME = "landmarks"
 SLUG = "landmark-recognition-2020"
 CONFIG_PATH = Path(__file__).parent / "config.yaml"
 TRUTH_CSV = "test_truth.csv"  # the demo's answers (same columns as the submission); Kaggle keeps its own
+# What `kernel` ships of a finished run: the models, and each fold's distractor embeddings, so the
+# kernel re-ranks although Kaggle's data has no distractor folder.
+WEIGHT_FILES = ("config.yaml", "metrics.json", "fold*/best.pt", "fold*/classes.json", "fold*/embeddings/distractors.*")
 
 
 class Landmarks:

@@ -55,13 +55,17 @@ BALANCE_MODES = ("sampler", "weight", "none")
 
 @register("face")
 def face_augment(size) -> list:
-    """Face crops: mirror, small pose change, light. No blur or noise: they would hide the artefacts."""
-    return [
-        A.HorizontalFlip(p=0.5),
-        A.Affine(scale=(0.92, 1.08), translate_percent=(-0.04, 0.04), rotate=(-8, 8),
-                 border_mode=cv2.BORDER_CONSTANT, p=0.5),
-        A.RandomBrightnessContrast(0.15, 0.15, p=0.5),
-    ]
+    """Face crops: mirror and light only. No resampling (rotation, scaling), blur or noise: a fake
+    is told apart by its texture (a generator's resampled, blended face), and interpolating a real
+    crop would fake the very artefact the model must learn."""
+    return [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.15, 0.15, p=0.5)]
+
+
+@register("face_geometric")
+def face_geometric_augment(size) -> list:
+    """`face` plus small pose changes (resampled): for real data, where faces are larger than the crop."""
+    return face_augment(size) + [A.Affine(scale=(0.92, 1.08), translate_percent=(-0.04, 0.04), rotate=(-8, 8),
+                                          border_mode=cv2.BORDER_CONSTANT, p=0.5)]
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -109,16 +113,32 @@ def class_weights(labels: np.ndarray) -> tuple[float, float]:
     return n / (2 * (n - positives)), n / (2 * positives)
 
 
+def balanced_sample_weights(labels: np.ndarray, blend_p: float = 0.0) -> np.ndarray:
+    """Per-crop sampling weights that make batches half negative, half positive *after* self-blending.
+
+    A negative crop is drawn with total share r and turned positive with probability blend_p, so
+    r (1 - blend_p) = 1/2 gives r = 1 / (2 (1 - blend_p)) (all negatives when blend_p >= 1/2).
+    """
+    labels = np.asarray(labels).astype(int)
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    negative_share = min(1.0, 0.5 / (1.0 - blend_p)) if blend_p < 1 else 1.0
+    if counts[1] == 0:
+        negative_share = 1.0
+    if counts[0] == 0:
+        negative_share = 0.0
+    share = np.array([negative_share, 1.0 - negative_share])
+    return share[labels] / np.maximum(counts[labels], 1)
+
+
 def make_train_loader(cfg, dataset: FaceCropDataset, balance: str, seed: int) -> DataLoader:
-    """Shuffled crops; with `balance=sampler`, each class drawn equally often (with replacement)."""
+    """Shuffled crops; with `balance=sampler`, each class drawn equally often (with replacement),
+    counting self-blended crops as positives."""
     generator = torch.Generator().manual_seed(seed)
     common = dict(batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers,
                   pin_memory=torch.cuda.is_available(), persistent_workers=cfg.data.num_workers > 0,
                   drop_last=len(dataset) > cfg.train.batch_size, generator=generator)
     if balance == "sampler":
-        labels = dataset.labels
-        counts = np.bincount(labels.astype(int), minlength=2).astype(np.float64)
-        weights = 1.0 / counts[labels.astype(int)]
+        weights = balanced_sample_weights(dataset.labels, dataset.blend.p if dataset.blend is not None else 0.0)
         sampler = WeightedRandomSampler(torch.from_numpy(weights), num_samples=len(dataset), replacement=True,
                                         generator=generator)
         return DataLoader(dataset, sampler=sampler, **common)
@@ -186,42 +206,62 @@ def detect(comp, cfg) -> VideoRun:
 # --- post-processing tuned on out-of-fold predictions ---------------------------------------
 
 
-def fit_temperature(p, y, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+def balanced_log_loss(y_true, p) -> float:
+    """Log loss with both classes weighted equally: the score a set with half positives would give.
+
+    Why: DFDC trains on about 5 fakes per real but scores on a test set about half fake, and the
+    balanced sampler already trains at a 50/50 prior; tuning calibration on the raw out-of-fold
+    mix would teach it the training prior instead. Equal to `log_loss` when the classes are balanced.
+    """
+    y, p = np.asarray(y_true), np.asarray(p, np.float64)
+    if y.min() == y.max():
+        return log_loss(y, p)
+    return 0.5 * (log_loss(y[y == 1], p[y == 1]) + log_loss(y[y == 0], p[y == 0]))
+
+
+OBJECTIVES = {"logloss": log_loss, "balanced_logloss": balanced_log_loss}
+
+
+def fit_temperature(p, y, bounds: tuple[float, float] = (0.05, 20.0), loss=log_loss) -> float:
     """T minimising the log loss of sigmoid(logit(p) / T) (T < 1 sharpens, T > 1 softens)."""
     z = logit(p)
-    result = minimize_scalar(lambda log_t: log_loss(y, sigmoid(z / math.exp(log_t))),
+    result = minimize_scalar(lambda log_t: loss(y, sigmoid(z / math.exp(log_t))),
                              bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded")
     return float(math.exp(result.x))
 
 
-def tune_clip_eps(p, y, grid) -> tuple[float, list[float]]:
+def tune_clip_eps(p, y, grid, loss=log_loss) -> tuple[float, list[float]]:
     """The eps of `grid` with the lowest log loss after clipping to [eps, 1 - eps]; ties go to the
     larger eps (the safer bet on unseen data). Returns (eps, losses in grid order)."""
     p = np.asarray(p, np.float64)
-    losses = [log_loss(y, np.clip(p, e, 1 - e)) for e in grid]
+    losses = [loss(y, np.clip(p, e, 1 - e)) for e in grid]
     best = min(losses)
-    eps = max(e for e, loss in zip(grid, losses) if loss <= best + 1e-9 + 1e-7 * best)
+    eps = max(e for e, value in zip(grid, losses) if value <= best + 1e-9 + 1e-7 * best)
     return float(eps), losses
 
 
 def tune_postprocessing(raw: dict[str, np.ndarray], y: np.ndarray, cfg) -> tuple[dict, dict]:
-    """For each aggregation: temperature, then eps, on OOF. Returns (chosen calibration, per-strategy table)."""
+    """For each aggregation: temperature, then eps, on OOF by `calibrate.objective`.
+    Returns (chosen calibration, per-strategy table)."""
     y = np.asarray(y)
+    loss = OBJECTIVES[cfg.calibrate.objective]
     grid = sorted(float(e) for e in cfg.calibrate.eps_grid)
+    bounds = tuple(float(b) for b in cfg.calibrate.temperature_bounds)
     both_classes = 0 < y.sum() < len(y)
+    if not both_classes:
+        print("warning: out-of-fold videos hold one class only: no temperature, default clip eps", flush=True)
     table = {}
     for strategy, p in raw.items():
-        temperature = fit_temperature(p, y) if cfg.calibrate.temperature and both_classes else 1.0
+        temperature = fit_temperature(p, y, bounds, loss) if cfg.calibrate.temperature and both_classes else 1.0
         scaled = calibrate(p, temperature)
-        eps, losses = tune_clip_eps(scaled, y, grid) if both_classes else (DEFAULT_CALIBRATION["clip_eps"], None)
-        table[strategy] = {"logloss": log_loss(y, calibrate(p, temperature, eps)), "temperature": temperature,
+        eps, losses = tune_clip_eps(scaled, y, grid, loss) if both_classes else (DEFAULT_CALIBRATION["clip_eps"], None)
+        table[strategy] = {"objective": loss(y, calibrate(p, temperature, eps)), "temperature": temperature,
                            "clip_eps": eps, "eps_losses": losses}
     wanted = cfg.infer.aggregation
-    if wanted != "auto" and wanted not in raw:
-        raise ConfigError(f"infer.aggregation={wanted}; choose auto or one of {', '.join(AGGREGATIONS)}")
-    chosen = wanted if wanted != "auto" else min(table, key=lambda s: table[s]["logloss"])
+    chosen = wanted if wanted != "auto" else min(table, key=lambda s: table[s]["objective"])
     calibration = {"aggregation": chosen, "temperature": table[chosen]["temperature"],
-                   "clip_eps": table[chosen]["clip_eps"], "aggregation_params": aggregation_params(cfg.infer)}
+                   "clip_eps": table[chosen]["clip_eps"], "objective": cfg.calibrate.objective,
+                   "aggregation_params": aggregation_params(cfg.infer)}
     return calibration, table
 
 
@@ -263,6 +303,10 @@ def _check_choices(cfg) -> None:
         raise ConfigError(f"blend.mode={cfg.blend.mode}; choose from {', '.join(BLEND_MODES)}")
     if cfg.train.balance not in BALANCE_MODES:
         raise ConfigError(f"train.balance={cfg.train.balance}; choose from {', '.join(BALANCE_MODES)}")
+    if cfg.infer.aggregation != "auto" and cfg.infer.aggregation not in AGGREGATIONS:
+        raise ConfigError(f"infer.aggregation={cfg.infer.aggregation}; choose auto or one of {', '.join(AGGREGATIONS)}")
+    if cfg.calibrate.objective not in OBJECTIVES:
+        raise ConfigError(f"calibrate.objective={cfg.calibrate.objective}; choose from {', '.join(OBJECTIVES)}")
     crop_size(cfg)
 
 
@@ -313,9 +357,10 @@ def train(comp, cfg) -> Path:
     metrics["train_minutes"] = round((time.time() - started) / 60, 2)
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plots.training_curves(run / "log.csv", run / "curves.png")
-    print(f"\nOOF log loss {metrics['oof_logloss']:.4f} with aggregation '{calibration['aggregation']}', temperature "
-          f"{calibration['temperature']:.3f}, clip eps {calibration['clip_eps']} (constant 0.5: "
-          f"{metrics['baseline_logloss']:.4f}; mean of frames, uncalibrated: {metrics['oof_logloss_raw']:.4f})")
+    print(f"\nOOF log loss {metrics['oof_logloss']:.4f} (class-balanced {metrics['oof_balanced_logloss']:.4f}) against "
+          f"{metrics['baseline_logloss']:.4f} for a constant 0.5; aggregation '{calibration['aggregation']}', "
+          f"temperature {calibration['temperature']:.3f}, clip eps {calibration['clip_eps']} (mean of frames, "
+          f"uncalibrated: {metrics['oof_logloss_raw']:.4f})")
     if "test_logloss" in metrics:
         print(f"test log loss {metrics['test_logloss']:.4f} (constant 0.5: {metrics['test_baseline_logloss']:.4f}), "
               f"test AUC {metrics['test_auc']:.3f}")
@@ -347,8 +392,8 @@ def _predict_frames(model, state: VideoRun, rows: np.ndarray, tta: bool) -> pd.D
 def _video_scores(frames: pd.DataFrame) -> dict:
     video = video_probabilities(frames, "mean", {})
     y = frames.groupby("video", sort=False).label.first().loc[video.index].to_numpy()
-    return {"logloss": log_loss(y, video.to_numpy()), "frame_logloss": log_loss(frames.label, frames.prob),
-            "auc": _auc(y, video.to_numpy())}
+    return {"logloss": log_loss(y, video.to_numpy()), "balanced_logloss": balanced_log_loss(y, video.to_numpy()),
+            "frame_logloss": log_loss(frames.label, frames.prob), "auc": _auc(y, video.to_numpy())}
 
 
 def train_one_fold(state: VideoRun, fold: int, folds: np.ndarray, fold_dir: Path, log_path: Path) -> None:
@@ -365,7 +410,7 @@ def train_one_fold(state: VideoRun, fold: int, folds: np.ndarray, fold_dir: Path
     blend = SelfBlendAugment(p=cfg.blend.p, seed=cfg.seed + fold) if cfg.blend.mode != "none" else None
     size = crop_size(cfg)
     dataset = FaceCropDataset(state.reader, items, item_labels, build_transform(cfg.augment.train, size), blend)
-    balance = "none" if only_real else cfg.train.balance
+    balance = cfg.train.balance
     weights = class_weights(item_labels) if balance == "weight" else (1.0, 1.0)
     loader = make_train_loader(cfg, dataset, balance, seed=cfg.seed + fold)
     model = build_classifier(cfg)
@@ -378,8 +423,8 @@ def train_one_fold(state: VideoRun, fold: int, folds: np.ndarray, fold_dir: Path
         return _video_scores(_predict_frames(m, state, val_rows, tta=bool(cfg.train.eval_tta)))
 
     train_fold(cfg, fold=fold, model=model, train_loader=loader, loss_fn=BinaryObjective(cfg.train.label_smoothing, weights),
-               evaluate=evaluate, fold_dir=fold_dir, log_path=log_path, device=state.device, monitor="logloss",
-               mode="min")
+               evaluate=evaluate, fold_dir=fold_dir, log_path=log_path, device=state.device,
+               monitor=cfg.calibrate.objective, mode="min")
     model = load_best(model, fold_dir, state.device)
     frames = _predict_frames(model, state, val_rows, tta=bool(cfg.infer.tta_flip))
     frames.insert(2, "fold", fold)
@@ -401,10 +446,13 @@ def evaluate_oof(frames: pd.DataFrame, cfg, run: Path) -> tuple[dict, dict]:
     oof.to_csv(run / "oof.csv", index=False)
     metrics = {
         "oof_logloss": float(log_loss(y, final)),
+        "oof_balanced_logloss": float(balanced_log_loss(y, final)),
         "baseline_logloss": float(log_loss(y, np.full(len(y), 0.5))),
         "oof_prior_logloss": float(log_loss(y, np.full(len(y), y.mean()))),
         "oof_logloss_raw": float(log_loss(y, raw["mean"])),
-        **{f"oof_logloss_{s}": float(t["logloss"]) for s, t in table.items()},
+        **{f"oof_logloss_{s}": float(log_loss(y, calibrate(raw[s], t["temperature"], t["clip_eps"])))
+           for s, t in table.items()},
+        **{f"oof_{cfg.calibrate.objective}_{s}_tuned": float(t["objective"]) for s, t in table.items()},
         "aggregation": calibration["aggregation"],
         "temperature": calibration["temperature"],
         "clip_eps": calibration["clip_eps"],
@@ -417,7 +465,8 @@ def evaluate_oof(frames: pd.DataFrame, cfg, run: Path) -> tuple[dict, dict]:
     losses = table[calibration["aggregation"]]["eps_losses"]
     if losses is not None:
         plots.threshold_curve(sorted(float(e) for e in cfg.calibrate.eps_grid), losses, calibration["clip_eps"],
-                              metrics["baseline_logloss"], run / "logloss_vs_eps.png", metric="OOF log loss",
+                              metrics["baseline_logloss"], run / "logloss_vs_eps.png",
+                              metric=f"OOF {cfg.calibrate.objective.replace('_', ' ')}",
                               what="clip eps: predictions in [eps, 1 - eps]")
     return metrics, calibration
 

@@ -28,8 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import ConfigError
-from .faces import FALLBACK_SCORE, MissingWeightsError, create_detector, extract_faces
-from .video import read_frames
+from .faces import EXTRACT_MODES, FALLBACK_SCORE, MissingWeightsError, create_detector, extract_faces
+from .video import BACKENDS, read_frames
 
 CNN_DETECTORS = ("yunet", "ssd")  # `faces.detector=auto` takes the first whose weights are found
 
@@ -82,6 +82,12 @@ class FaceExtractor:
 
     def __init__(self, *, frames: int, size: int, margin: float = 0.3, mode: str = "largest",
                  detector: str = "haar", weights_dir: str | None = None, backend: str = "opencv"):
+        if mode not in EXTRACT_MODES:
+            raise ConfigError(f"faces.mode={mode}; choose from {', '.join(EXTRACT_MODES)}")
+        if backend not in BACKENDS:
+            raise ConfigError(f"video.backend={backend}; choose from {', '.join(BACKENDS)}")
+        if int(frames) < 1:
+            raise ConfigError(f"video.frames={frames}; at least 1")
         self.frames, self.size, self.margin, self.mode, self.backend = int(frames), int(size), float(margin), mode, backend
         self.weights_dir = weights_dir
         self.detector_name, self.detector = resolve_detector(detector, weights_dir)

@@ -307,7 +307,7 @@ def _check_choices(cfg) -> None:
         raise ConfigError(f"infer.aggregation={cfg.infer.aggregation}; choose auto or one of {', '.join(AGGREGATIONS)}")
     if cfg.calibrate.objective not in OBJECTIVES:
         raise ConfigError(f"calibrate.objective={cfg.calibrate.objective}; choose from {', '.join(OBJECTIVES)}")
-    crop_size(cfg)
+    FaceExtractor.from_config(cfg)  # frames, crop size, face mode, detector: errors before any folder is made
 
 
 def train(comp, cfg) -> Path:

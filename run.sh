@@ -10,6 +10,7 @@ usage:
   ./run.sh test [pytest args]                       run the test suite (e.g. ./run.sh test -k metrics)
   ./run.sh <competition> <command> [key=value ...]  competitions: whales | landmarks | deepfake
       commands: demo-data [DIR] | train | predict run.name=NAME | pretrain | download | submit | kernel | runs
+      deepfake also: detect (cache face crops once)
   ./run.sh bench <train|heads|pretrain|retrieval|deepfake>
   ./run.sh help
 examples:

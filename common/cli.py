@@ -60,6 +60,10 @@ def main(module, argv: list[str]) -> int:
     overrides = [a for a in rest if "=" in a]
     try:
         cfg = load_config(comp.config_path, overrides)
+        if cfg.get("threads"):
+            import torch
+
+            torch.set_num_threads(int(cfg.threads))
         if command in getattr(module, "DISTRIBUTED_COMMANDS", ()) and distributed.wants_launch(cfg):
             return distributed.launch(module.__name__, argv, cfg)
         commands[command](comp, cfg, positional)

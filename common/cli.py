@@ -38,19 +38,24 @@ GENERIC_COMMANDS = {
 }
 
 
-def _generic(spec: str):
+def lazy_command(spec: str, takes_args: bool = True):
+    """A command given as "module:function", imported when it runs (keeps `--help` and tests light).
+
+    The function is called as fn(comp, cfg, positional_args), or fn(comp, cfg) when takes_args=False.
+    """
     def command(comp, cfg, args):
         import importlib
 
         module_name, function = spec.split(":")
-        return getattr(importlib.import_module(module_name), function)(comp, cfg, args)
+        fn = getattr(importlib.import_module(module_name), function)
+        return fn(comp, cfg, args) if takes_args else fn(comp, cfg)
 
     return command
 
 
 def main(module, argv: list[str]) -> int:
     comp = module.COMPETITION
-    commands = {**{name: _generic(spec) for name, spec in GENERIC_COMMANDS.items()}, **module.COMMANDS}
+    commands = {**{name: lazy_command(spec) for name, spec in GENERIC_COMMANDS.items()}, **module.COMMANDS}
     usage = USAGE.format(name=comp.name, commands=", ".join(commands))
     if not argv or argv[0] not in commands:
         print((f"unknown command '{argv[0]}'\n" if argv else "") + usage, file=sys.stderr)

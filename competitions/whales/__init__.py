@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.cli import lazy_command
 from common.data import check_files_exist
 from common.errors import DataError
 from common.tables import read_csv_columns, list_images
@@ -75,23 +76,10 @@ class Whales:
 COMPETITION = Whales()
 
 
-def _train(comp, cfg, args):
-    from common.identification import train
-
-    train(comp, cfg)
-
-
-def _predict(comp, cfg, args):
-    from common.identification import predict
-
-    predict(comp, cfg)
-
-
-def _demo_data(comp, cfg, args):
-    from common.cli import demo_data
-
-    demo_data(comp, cfg, args)
-
-
-COMMANDS = {"demo-data": _demo_data, "train": _train, "predict": _predict}
+COMMANDS = {
+    "demo-data": lazy_command("common.cli:demo_data"),
+    "train": lazy_command("common.identification:train", takes_args=False),
+    "predict": lazy_command("common.identification:predict", takes_args=False),
+    "pretrain": lazy_command("common.pretrain:pretrain_command"),
+}
 DISTRIBUTED_COMMANDS = {"train"}

@@ -164,16 +164,11 @@ def _detect(comp, cfg, args):
     detect(comp, cfg)
 
 
-def _kernel(comp, cfg, args):
-    from common.kernel import build_kernel_for_run
-
-    build_kernel_for_run(comp, cfg, entry_point="competitions.deepfake:kaggle_predict", weights=WEIGHT_FILES)
-
-
 def _demo_data(comp, cfg, args):
     from common.cli import demo_data
 
     demo_data(comp, cfg, args)
 
 
-COMMANDS = {"demo-data": _demo_data, "detect": _detect, "train": _train, "predict": _predict, "kernel": _kernel}
+# `kernel` is the generic common.kaggle command: it finds kaggle_predict and WEIGHT_FILES above.
+COMMANDS = {"demo-data": _demo_data, "detect": _detect, "train": _train, "predict": _predict}

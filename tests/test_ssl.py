@@ -17,6 +17,15 @@ from common.ssl import (PRETEXT, PretextDataset, create_pretext, cut_tiles, iden
                         jigsaw_permutations, min_hamming_distance, reseed_worker_transform)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One thread: on a small shared machine, two threads per test were 10-40x slower (thread contention)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def tiny_backbone():
     return timm.create_model("test_efficientnet", num_classes=0, global_pool="")
 
@@ -30,8 +39,8 @@ def test_registry_names_the_four_tasks_and_rejects_others():
 @pytest.mark.parametrize("name", sorted(PRETEXT))
 def test_pretext_loss_is_finite_and_decreases_on_a_tiny_batch(name):
     torch.manual_seed(0)
-    images = np.random.default_rng(0).integers(0, 256, (8, 32, 64, 3), dtype=np.uint8)
-    task = create_pretext(name, tiny_backbone(), (32, 64), {"temperature": 0.2, "projection_dim": 32})
+    images = np.random.default_rng(0).integers(0, 256, (8, 24, 48, 3), dtype=np.uint8)
+    task = create_pretext(name, tiny_backbone(), (24, 48), {"temperature": 0.2, "projection_dim": 32})
     groups = identity_groups(list("aabbxyzw"), [1, 1, 1, 1, 0, 0, 0, 0])
     dataset = PretextDataset(images, range(8), task.transform(), groups, task.two_views, task.uses_identities)
     batch = default_collate([dataset[i] for i in range(8)])

@@ -20,7 +20,8 @@ and a small whale demo set. Reported per init x dataset:
 * seconds spent pretraining and fine-tuning.
 
 Usage: `./run.sh bench pretrain [datasets=orl,omniglot,whales] [inits=random,imagenet,simclr,...]
-[out=DIR] [reuse=true] [verbose=true] [threads=N] [any whale config key=value ...]`; whale keys
+[out=DIR] [reuse=true] [verbose=true] [threads=N (default 1: faster on a busy shared machine)]
+[any whale config key=value ...]`; whale keys
 (e.g. `train.epochs=20`, `ssl.epochs=30`, `data.image_size=[96,96]`) replace the budget below.
 `inits` may also name `imagenet+<method>` (pretext training that starts from ImageNet weights).
 """
@@ -109,7 +110,7 @@ BUDGET: list[str] = [
 ]
 
 OPTIONS = {"datasets": "orl,omniglot,whales", "inits": ",".join(DEFAULT_INITS), "out": "outputs/bench",
-           "threads": None, "reuse": False, "verbose": False}
+           "threads": 1, "reuse": False, "verbose": False}
 
 
 def parse_options(argv: list[str]) -> tuple[dict, list[str]]:

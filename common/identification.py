@@ -238,7 +238,8 @@ def predict_test(state: OpenSetRun, fold_dirs: list[Path], threshold: float | No
     gallery_parts, query_parts = [], []
     for fold_dir in fold_dirs:
         n_classes = len(json.loads((fold_dir / "classes.json").read_text()))
-        model = load_best(build_model(_no_init(cfg), n_classes), fold_dir, state.device)
+        # placeholder counts: dynamic per-class margins are a buffer, restored from the checkpoint
+        model = load_best(build_model(_no_init(cfg), n_classes, class_counts=[1] * n_classes), fold_dir, state.device)
         gallery_parts.append(state.embed(model, gallery_rows, f"{fold_dir.name}: embed gallery"))
         query_parts.append(state.embed(model, test_rows, f"{fold_dir.name}: embed test"))
     gallery = np.concatenate(gallery_parts, axis=1) / np.sqrt(len(fold_dirs))

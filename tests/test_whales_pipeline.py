@@ -146,3 +146,12 @@ def test_run_sh_help_and_unknown_command_exit_non_zero():
         done = subprocess.run([str(REPO / "run.sh"), *args], capture_output=True, text=True)
         assert done.returncode != 0
         assert "usage" in done.stdout + done.stderr
+
+
+def test_dynamic_margin_head_trains_and_predicts(whale_demo, tmp_path):
+    """Dynamic per-class margins need class counts to build; prediction restores them from the checkpoint."""
+    code = run_cli("train", "preset=smoke", f"data.root={whale_demo}", f"run.root={tmp_path}", "run.name=dyn",
+                   "head.dynamic_margin=true", "train.epochs=1", "progress=false", "data.num_workers=0",
+                   f"data.cache_dir={tmp_path / 'cache'}")
+    assert code == 0
+    assert (tmp_path / "whales" / "dyn" / "submission.csv").is_file()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.cli import lazy_command
 from common.data import check_files_exist
 from common.errors import ConfigError, DataError
 from common.tables import read_csv_columns
@@ -146,29 +147,10 @@ def kaggle_predict(weights_dir: Path, out: Path) -> Path:
     return predict_submission(COMPETITION, weights_dir, roots[0], out)
 
 
-def _train(comp, cfg, args):
-    from common.video_classification import train
-
-    train(comp, cfg)
-
-
-def _predict(comp, cfg, args):
-    from common.video_classification import predict
-
-    predict(comp, cfg)
-
-
-def _detect(comp, cfg, args):
-    from common.video_classification import detect
-
-    detect(comp, cfg)
-
-
-def _demo_data(comp, cfg, args):
-    from common.cli import demo_data
-
-    demo_data(comp, cfg, args)
-
-
 # `kernel` is the generic common.kaggle command: it finds kaggle_predict and WEIGHT_FILES above.
-COMMANDS = {"demo-data": _demo_data, "detect": _detect, "train": _train, "predict": _predict}
+COMMANDS = {
+    "demo-data": lazy_command("common.cli:demo_data"),
+    "detect": lazy_command("common.video_classification:detect", takes_args=False),
+    "train": lazy_command("common.video_classification:train", takes_args=False),
+    "predict": lazy_command("common.video_classification:predict", takes_args=False),
+}

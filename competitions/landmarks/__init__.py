@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from common.cli import lazy_command
 from common.data import check_files_exist
 from common.tables import read_csv_columns
 
@@ -79,22 +80,8 @@ class Landmarks:
 COMPETITION = Landmarks()
 
 
-def _train(comp, cfg, args):
-    from common.recognition import train
-
-    train(comp, cfg)
-
-
-def _predict(comp, cfg, args):
-    from common.recognition import predict
-
-    predict(comp, cfg)
-
-
-def _demo_data(comp, cfg, args):
-    from common.cli import demo_data
-
-    demo_data(comp, cfg, args)
-
-
-COMMANDS = {"demo-data": _demo_data, "train": _train, "predict": _predict}
+COMMANDS = {
+    "demo-data": lazy_command("common.cli:demo_data"),
+    "train": lazy_command("common.recognition:train", takes_args=False),
+    "predict": lazy_command("common.recognition:predict", takes_args=False),
+}

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from . import distributed
 from .distributed import RandomBatchSampler, ShardedBatchSampler
+from .data import reseed_worker_transform
 from .errors import ConfigError
 from .models import EmbeddingModel, create_backbone, load_backbone_init
 
@@ -85,4 +86,5 @@ def train_loader(cfg, dataset, labels: Sequence[int], seed: int) -> DataLoader:
     if distributed.world_size() > 1:
         batches = ShardedBatchSampler(batches, distributed.rank(), distributed.world_size())
     return DataLoader(dataset, batch_sampler=batches, num_workers=cfg.data.num_workers,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=cfg.data.num_workers > 0)
+                      pin_memory=torch.cuda.is_available(), persistent_workers=cfg.data.num_workers > 0,
+                      worker_init_fn=reseed_worker_transform)

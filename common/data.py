@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 from tqdm import tqdm
 
 from .errors import DataError
@@ -127,3 +127,13 @@ class ImageDataset(Dataset):
             img = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         label = -1 if self.labels is None else int(self.labels[i])
         return img, label
+
+
+def reseed_worker_transform(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: albumentations 2 keeps its own random state, which forked workers
+    would share (identical augmentations in every worker, and every epoch without persistent
+    workers); reseed it from the worker's torch seed, which differs per worker and per epoch."""
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(info.seed % 2 ** 32)

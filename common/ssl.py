@@ -29,9 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from albumentations.pytorch import ToTensorV2
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD
+from .data import reseed_worker_transform  # noqa: F401  (kept importable from here)
 from .errors import ConfigError
 from .losses import NTXentLoss, ntxent_two_views
 
@@ -333,11 +334,3 @@ class PretextDataset(Dataset):
         return view, int(self.groups[i])
 
 
-def reseed_worker_transform(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: albumentations 2 keeps its own random state, which forked workers
-    would share (identical augmentations in every worker, and every epoch without persistent
-    workers); reseed it from the worker's torch seed, which differs per worker and per epoch."""
-    info = get_worker_info()
-    transform = getattr(info.dataset, "transform", None)
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(info.seed % 2 ** 32)

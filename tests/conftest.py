@@ -20,10 +20,11 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _few_threads():
+def _one_thread():
+    """Tests use tiny tensors: one torch thread avoids oversubscription next to loader workers."""
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     yield
 
 

@@ -13,7 +13,8 @@ def test_defaults_competition_and_overrides_merge():
     assert cfg.head.m == 0.3
     assert cfg.infer.new_whale is False
     assert cfg.data.image_size == [32, 64]
-    assert cfg.augment.train == "identity"  # the competition's choice wins over defaults.yaml
+    assert cfg.infer.tta_flip is False  # the competition's choice wins over defaults.yaml (true there)
+    assert cfg.model.backbone == "small_cnn"
 
 
 def test_preset_applies_then_command_line_wins():

@@ -201,6 +201,8 @@ def make_run(runs: Path, module, name: str, submission: pd.DataFrame | None, dat
     save_config(load_config(module.CONFIG_PATH, [f"run.name={name}"]), run / "config.yaml")
     (run / "fold0" / "best.pt").write_bytes(b"weights")
     (run / "fold0" / "classes.json").write_text("[]")
+    (run / "fold0" / "embeddings").mkdir()
+    (run / "fold0" / "embeddings" / "distractors.npy").write_bytes(b"stored distractor embeddings")  # landmarks
     metrics = dict(metrics or {"oof_map5": 0.61234, "oof_baseline_map5": 0.4, "threshold": 0.7})
     if data_root is not None:
         metrics["data_root"] = str(data_root)

@@ -38,7 +38,8 @@ def test_runs_key_metric_prefers_oof_and_skips_baselines():
 
 
 def test_runs_sorted_best_first_with_their_settings(tmp_path):
-    fake_run(tmp_path, whales, "mid", {"oof_map5": 0.5, "threshold": 0.61, "test_map5": 0.45}, mtime=1.7e9)
+    fake_run(tmp_path, whales, "mid", {"oof_map5": 0.5, "threshold": 0.61, "test_map5": 0.45}, ["train.folds=4"],
+             mtime=1.7e9)
     fake_run(tmp_path, whales, "best", {"oof_baseline_map5": 0.9, "oof_map5": 0.7, "threshold": 0.55},
              ["model.backbone=resnet34", "model.head=cosface", "train.folds=5", "train.run_folds=[0,1]"])
     fake_run(tmp_path, whales, "worst", {"oof_map5": 0.2})

@@ -28,7 +28,7 @@ from .embed import extract_embeddings
 from .errors import DataError
 from .folds import assert_disjoint, open_set_folds, open_set_truth
 from .metrics import map_at_k, roc_curve_pairs, verification_metrics
-from .paths import cache_root, resolve_data_root, run_dir
+from .paths import cache_root, open_run, resolve_data_root, run_dir
 from .retrieval import build_index, insert_new_class, rank_classes, search, tune_threshold
 from .train import load_best, pick_device, seed_everything, train_fold
 
@@ -84,20 +84,6 @@ class OpenSetRun:
         tta = cfg.infer.tta_flip if tta is None else tta
         return extract_embeddings(model, self.dataset(rows), batch_size=cfg.infer.batch_size, device=self.device,
                                   tta_flip=tta, num_workers=0, desc=desc, progress=cfg.progress)
-
-
-def open_run(comp, cfg):
-    """The run directory (created by the main process only) and the config it runs with."""
-    pick_device(cfg)  # joins the process group when launched by torchrun
-    if cfg.get("resume") and cfg.run.get("name"):
-        saved = run_dir(cfg, comp.name, create=False) / "config.yaml"
-        if saved.exists():
-            cfg = read_saved_config(saved)
-            cfg.resume = True
-    if not cfg.run.get("name"):
-        cfg.run.name = distributed.broadcast(time.strftime("%Y%m%d-%H%M%S"))
-    run = run_dir(cfg, comp.name, create=True) if distributed.is_main() else None
-    return Path(distributed.broadcast(str(run))), cfg
 
 
 def train(comp, cfg) -> Path:

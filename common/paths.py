@@ -86,3 +86,27 @@ def run_dir(cfg, competition: str, *, create: bool) -> Path:
     elif not path.is_dir():
         raise ConfigError(f"no run named '{cfg.run.name}' in {path.parent}")
     return path
+
+
+def open_run(comp, cfg, check=None):
+    """A `train` command's run directory and the config it runs with.
+
+    `resume=true` with an existing run continues it with its saved config; `check(cfg)` validates
+    choices before any folder is made; with several processes the main one creates the folder and
+    the timestamp name is shared.
+    """
+    from . import distributed
+    from .config import read_saved_config
+
+    distributed.init(cfg)  # joins the process group when launched by torchrun
+    if cfg.get("resume") and cfg.run.get("name"):
+        saved = run_dir(cfg, competition=comp.name, create=False) / "config.yaml"
+        if saved.exists():
+            cfg = read_saved_config(saved)
+            cfg.resume = True
+    if check is not None:
+        check(cfg)
+    if not cfg.run.get("name"):
+        cfg.run.name = distributed.broadcast(time.strftime("%Y%m%d-%H%M%S"))
+    run = run_dir(cfg, comp.name, create=True) if distributed.is_main() else None
+    return Path(distributed.broadcast(str(run))), cfg

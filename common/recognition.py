@@ -50,7 +50,7 @@ from .embedding_store import EmbeddingStore, embed_to_store
 from .errors import ConfigError, DataError
 from .folds import assert_disjoint, open_set_folds
 from .metrics import gap
-from .paths import cache_root, resolve_data_root, run_dir
+from .paths import cache_root, open_run, resolve_data_root, run_dir
 from .retrieval import build_index, search
 from .tables import list_images
 from .train import load_best, pick_device, seed_everything, train_fold
@@ -503,12 +503,7 @@ def fold_data(state: RecognitionRun, folds: np.ndarray, fold: int) -> FoldData:
 
 
 def train(comp, cfg) -> Path:
-    if cfg.get("resume") and cfg.run.get("name"):
-        saved = run_dir(cfg, comp.name, create=False) / "config.yaml"
-        if saved.exists():
-            cfg = read_saved_config(saved)
-            cfg.resume = True
-    run = run_dir(cfg, comp.name, create=True)
+    run, cfg = open_run(comp, cfg)
     seed_everything(cfg.seed)
     state = RecognitionRun(comp, cfg)
     save_config(cfg, run / "config.yaml")

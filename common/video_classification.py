@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from . import plots
 from .augment import build_transform, register
 from .blend import SelfBlendAugment
-from .config import read_saved_config, save_config
+from .config import save_config
 from .errors import ConfigError, DataError
 from .face_cache import CropReader, FaceCache, FaceExtractor, crop_size
 from .folds import assert_disjoint, group_folds
@@ -46,7 +46,7 @@ from .inference import (AGGREGATIONS, DEFAULT_CALIBRATION, VideoPredictor, aggre
                         sigmoid)
 from .metrics import log_loss
 from .models import load_backbone_init
-from .paths import cache_root, resolve_data_root, run_dir
+from .paths import cache_root, open_run, resolve_data_root, run_dir
 from .train import load_best, pick_device, seed_everything, train_fold
 
 BLEND_MODES = ("none", "augment", "only")
@@ -311,13 +311,7 @@ def _check_choices(cfg) -> None:
 
 
 def train(comp, cfg) -> Path:
-    if cfg.get("resume") and cfg.run.get("name"):
-        saved = run_dir(cfg, comp.name, create=False) / "config.yaml"
-        if saved.exists():
-            cfg = read_saved_config(saved)
-            cfg.resume = True
-    _check_choices(cfg)
-    run = run_dir(cfg, comp.name, create=True)
+    run, cfg = open_run(comp, cfg, check=_check_choices)
     seed_everything(cfg.seed)
     started = time.time()
     state = VideoRun(comp, cfg)

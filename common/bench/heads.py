@@ -92,7 +92,10 @@ BUDGET: list[str] = [
     "train.epochs=20",
     "train.warmup_epochs=1",
     "train.batch_size=32",
+    "augment.train=light",    # pinned, like everything here, so the table does not drift with the whale YAML
+    "augment.valid=none",
     "infer.tta_flip=false",
+    "infer.new_whale=true",
     "infer.neighbours=50",
     "progress=false",
 ]

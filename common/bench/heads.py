@@ -78,8 +78,8 @@ DATASETS: dict[str, Callable[[Path, int], Path]] = {
     "small2": lambda dst, seed: write_omniglot_whale_format(OMNIGLOT_ZIPS["small2"], dst, seed=seed),
 }
 
-# The shared budget: every method on ORL + small1 in about 17 minutes of CPU time (threads=1; 28
-# minutes of wall time on the shared 2-core machine). The small VGG-style net learns far more in
+# The shared budget: every method on ORL + small1 in 13 minutes on an idle 2-core machine (threads=1;
+# 28 minutes when heavily shared). The small VGG-style net learns far more in
 # this budget than resnet18 from scratch (small1, arcface: test MAP@5 0.54 with resnet18 at 32x32
 # after 15 epochs, 0.82 with small_cnn at 64x64 after 20), and it has converged by about epoch 20.
 BUDGET: list[str] = [

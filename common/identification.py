@@ -66,7 +66,7 @@ class OpenSetRun:
         self.truth = comp.read_truth(self.root)
         self.device = pick_device(cfg)
         size = tuple(cfg.data.image_size)
-        paths = list(self.train_df.path) + list(self.test_df.path)
+        paths = list(self.train_df.path) + list(self.test_df.path) + [str(p) for p in self.extra_images()]
         if not distributed.is_main():  # the main process decodes; the others then open its cache
             distributed.barrier()
         self.images = ImageCache(paths, size, cache_root(cfg) / comp.name, progress=cfg.progress)
@@ -75,6 +75,10 @@ class OpenSetRun:
         self.n_train = len(self.train_df)
         self.train_tf = build_transform(cfg.augment.train, size)
         self.valid_tf = build_transform(cfg.augment.valid, size)
+
+    def extra_images(self) -> list:
+        """Images cached after train and test (a subclass adds e.g. distractors)."""
+        return []
 
     def dataset(self, rows, labels=None, train=False) -> ImageDataset:
         return ImageDataset(self.images, rows, labels, self.train_tf if train else self.valid_tf)

@@ -42,18 +42,17 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from . import plots
-from .augment import build_transform
 from .build import build_model, build_objective, needs_pk_sampler, train_loader
 from .config import read_saved_config, save_config
-from .data import ImageCache, ImageDataset
 from .embedding_store import EmbeddingStore, embed_to_store
 from .errors import ConfigError, DataError
 from .folds import assert_disjoint, open_set_folds
+from .identification import OpenSetRun
 from .metrics import gap
-from .paths import cache_root, open_run, resolve_data_root, run_dir
+from .paths import open_run, run_dir
 from .retrieval import build_index, search
 from .tables import list_images
-from .train import load_best, pick_device, seed_everything, train_fold
+from .train import load_best, seed_everything, train_fold
 
 NO_CLASS = -1      # code of "no prediction" / "no neighbour"
 NOT_A_CLASS = -2   # code of a true label that is no gallery class (a distractor's truth)
@@ -342,33 +341,22 @@ def resolve_distractors(cfg, root: Path) -> tuple[Path | None, list[Path]]:
     return folder, list_images(folder, recursive=True)
 
 
-class RecognitionRun:
-    """The data of one `train` or `predict`: tables, the image cache, transforms, the device."""
+class RecognitionRun(OpenSetRun):
+    """The data of one `train` or `predict`: tables, the image cache (train, test, then distractors),
+    transforms, the device."""
+
+    def extra_images(self) -> list:
+        self.distractor_dir, self.distractors = resolve_distractors(self.cfg, self.root)
+        return self.distractors
 
     def __init__(self, comp, cfg):
-        self.comp, self.cfg = comp, cfg
-        self.root = resolve_data_root(cfg, comp.name, comp.slug, comp.write_demo)
-        self.train_df = comp.read_train(self.root)
-        if cfg.data.get("limit"):
-            self.train_df = self.train_df.iloc[: int(cfg.data.limit)].reset_index(drop=True)
-        self.test_df = comp.read_test(self.root)
-        self.truth = comp.read_truth(self.root)
-        self.distractor_dir, self.distractors = resolve_distractors(cfg, self.root)
-        self.device = pick_device(cfg)
-        size = tuple(cfg.data.image_size)
-        paths = list(self.train_df.path) + list(self.test_df.path) + [str(p) for p in self.distractors]
-        self.images = ImageCache(paths, size, cache_root(cfg) / comp.name, progress=cfg.progress)
+        super().__init__(comp, cfg)
         n_train, n_test = len(self.train_df), len(self.test_df)
         self.rows = {"train": np.arange(n_train), "test": np.arange(n_train, n_train + n_test),
-                     "distractors": np.arange(n_train + n_test, len(paths))}
+                     "distractors": np.arange(n_train + n_test, len(self.images))}
         self.ids = {"train": self.train_df.image.astype(str).tolist(), "test": self.test_df.image.astype(str).tolist(),
                     "distractors": [p.relative_to(self.distractor_dir).as_posix() for p in self.distractors]}
         self.labels = self.train_df.label.astype(str).to_numpy(dtype=object)
-        self.train_tf = build_transform(cfg.augment.train, size)
-        self.valid_tf = build_transform(cfg.augment.valid, size)
-
-    def dataset(self, rows, labels=None, train=False) -> ImageDataset:
-        return ImageDataset(self.images, rows, labels, self.train_tf if train else self.valid_tf)
 
     def embed(self, model, rows, desc: str, tta: bool) -> np.ndarray:
         from .embed import extract_embeddings

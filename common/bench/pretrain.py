@@ -41,6 +41,7 @@ from typing import Callable
 import pandas as pd
 import yaml
 
+from common.bench.heads import closed_set_top1
 from common.config import load_config, split_overrides
 from common.errors import ConfigError, DataError
 from common.paths import REPO_ROOT
@@ -146,15 +147,6 @@ def finished(run: Path, cfg) -> bool:
     """A run directory with metrics.json whose saved config is exactly this one."""
     saved = run / "config.yaml"
     return (run / "metrics.json").is_file() and saved.is_file() and yaml.safe_load(saved.read_text()) == cfg.to_dict()
-
-
-def closed_set_top1(submission: Path, truth_csv: Path) -> float:
-    """Rank-1 accuracy on test images of known identities, ignoring `new_whale` in the answers."""
-    sub = pd.read_csv(submission, dtype=str, keep_default_na=False).set_index("Image").Id
-    truth = pd.read_csv(truth_csv, dtype=str, keep_default_na=False)
-    known = truth[truth.Id != NEW_WHALE]
-    first = [next((label for label in sub[image].split() if label != NEW_WHALE), None) for image in known.Image]
-    return float((pd.Series(first, index=known.index) == known.Id).mean())
 
 
 def dataset_summary(root: Path) -> str:

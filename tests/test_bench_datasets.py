@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from common.bench.datasets import write_omniglot_whale_format, write_orl_whale_format
-from common.errors import DataError
+from common.core.errors import DataError
 from competitions.whales import COMPETITION
 
 NEW = "new_whale"

@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from common.config import load_config, save_config, read_saved_config
-from common.errors import ConfigError
+from common.core.config import load_config, save_config, read_saved_config
+from common.core.errors import ConfigError
 from competitions.whales import CONFIG_PATH
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.faces import HaarDetector
-from common.video import read_frames, video_info
+from common.video.faces import HaarDetector
+from common.video.frames import read_frames, video_info
 from competitions.deepfake.demo import TEST_DIR, TRAIN_DIR, main, write_demo
 
 SMALL = dict(n_real=3, fakes_per_real=3, n_test=6, n_frames=12, progress=False)

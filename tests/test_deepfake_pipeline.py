@@ -13,13 +13,13 @@ import pytest
 import torch
 
 import competitions.deepfake as deepfake
-from common.cli import main
-from common.errors import DataError
-from common.folds import assert_groups_within_folds, group_folds
-from common.inference import (UNKNOWN, UnreadableVideoWarning, VideoPredictor, aggregate, calibrate,
+from common.core.cli import main
+from common.core.errors import DataError
+from common.engine.folds import assert_groups_within_folds, group_folds
+from common.video.inference import (UNKNOWN, UnreadableVideoWarning, VideoPredictor, aggregate, calibrate,
                               frame_probabilities, to_tensor)
-from common.metrics import log_loss
-from common.video_classification import balanced_sample_weights, class_weights, fit_temperature, tune_clip_eps
+from common.metrics.scores import log_loss
+from common.tasks.video import balanced_sample_weights, class_weights, fit_temperature, tune_clip_eps
 from competitions.deepfake import COMPETITION
 from competitions.deepfake.demo import TRAIN_DIR, write_demo
 from competitions.deepfake.submission import validate_submission
@@ -264,8 +264,8 @@ def test_sampler_gives_half_positives_after_self_blending(blend_p):
 
 
 def test_inference_normalisation_matches_the_training_transform():
-    from common.augment import IMAGENET_MEAN, IMAGENET_STD, build_transform
-    from common.inference import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD
+    from common.data.augment import IMAGENET_MEAN, IMAGENET_STD, build_transform
+    from common.video.inference import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD
 
     assert (MEAN, STD) == (IMAGENET_MEAN, IMAGENET_STD)
     crops = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
@@ -277,7 +277,7 @@ def test_inference_normalisation_matches_the_training_transform():
 
 
 def test_face_cache_is_built_once_and_records_unreadable_videos(demo, tmp_path):
-    from common.face_cache import FaceCache, FaceExtractor
+    from common.video.face_cache import FaceCache, FaceExtractor
 
     videos = sorted((demo / "test_videos").glob("*.mp4"))[:2]
     broken = tmp_path / "broken.mp4"

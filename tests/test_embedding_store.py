@@ -1,4 +1,4 @@
-"""common.embedding_store: chunked float16 writes, resume after a crash, staleness, bounded chunks."""
+"""common.engine.embedding_store: chunked float16 writes, resume after a crash, staleness, bounded chunks."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from common.embedding_store import EmbeddingStore, embed_to_store, fill_store
-from common.errors import DataError
+from common.engine.embedding_store import EmbeddingStore, embed_to_store, fill_store
+from common.core.errors import DataError
 
 
 def _ids(n):
@@ -142,7 +142,7 @@ def test_embed_to_store_resumes_and_matches_a_one_shot_run(tmp_path):
     one_shot = embed_to_store(model, _Images(23), ids, tmp_path / "f", dim=8, chunk_size=100, progress=False)
     np.testing.assert_array_equal(store.array(), one_shot.array())
     norms = np.linalg.norm(store.array().astype(np.float32), axis=1)
-    np.testing.assert_allclose(norms, 1.0, atol=2e-3)  # L2-normalised by common.embed, then float16
+    np.testing.assert_allclose(norms, 1.0, atol=2e-3)  # L2-normalised by common.engine.embed, then float16
 
 
 def test_empty_store_and_missing_store(tmp_path):

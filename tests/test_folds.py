@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from common.folds import (assert_disjoint, assert_groups_within_folds, group_folds, open_set_folds,
+from common.engine.folds import (assert_disjoint, assert_groups_within_folds, group_folds, open_set_folds,
                           open_set_truth)
 
 

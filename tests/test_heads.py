@@ -1,4 +1,4 @@
-"""Tests for common/heads.py: parity with pytorch-metric-learning, gradients, numerical safety."""
+"""Tests for common/models/heads.py: parity with pytorch-metric-learning, gradients, numerical safety."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 
-from common.heads import (
+from common.models.heads import (
     HEADS,
     ArcFaceHead,
     CombinedMarginHead,

@@ -16,12 +16,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import common.kaggle as kaggle
+import common.kaggle.commands as kaggle
 import competitions.deepfake as deepfake
 import competitions.landmarks as landmarks
 import competitions.whales as whales
-from common.cli import main
-from common.config import load_config, save_config
+from common.core.cli import main
+from common.core.config import load_config, save_config
 
 FAKE_KAGGLE = '''#!{python}
 import json, os, sys, zipfile
@@ -300,7 +300,7 @@ def test_kaggle_kernel_folder_for_a_competition_without_its_own(module, fake_kag
     assert kaggle.KERNEL_ENTRY_POINT in script
     for name in ["config.yaml", "metrics.json", "fold0/best.pt", "fold0/classes.json", "dataset-metadata.json"]:
         assert (folder / "weights" / name).is_file(), name
-    assert (folder / "code" / "common" / "kaggle.py").is_file()
+    assert (folder / "code" / "common" / "kaggle" / "commands.py").is_file()
     assert (folder / "wheels" / "kernel-wheels.txt").read_text().split() == ["timm", "faiss-cpu"]
     assert fake_kaggle.calls() == []  # building needs no Kaggle; push=true uploads
 
@@ -353,7 +353,7 @@ def test_kaggle_kernel_predict_runs_the_competitions_predict_on_kaggle_paths(fak
     seen = {}
 
     def fake_predict(comp, cfg, args):
-        from common.paths import run_dir
+        from common.core.paths import run_dir
 
         seen.update(root=cfg.data.root, out=cfg.out, run=run_dir(cfg, comp.name, create=False))
         (run_dir(cfg, comp.name, create=False) / "predict_embeddings").mkdir()  # predict may write there
@@ -371,7 +371,7 @@ def test_kaggle_kernel_script_predicts_whales_offline_on_a_fake_kaggle(fake_kagg
     """End to end: an (untrained) whale run -> kernel folders -> the script, run against a fake /kaggle."""
     import torch
 
-    from common.build import build_model
+    from common.engine.build import build_model
     from competitions.whales.submission import validate_submission
 
     runs = tmp_path / "runs"

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import competitions.deepfake as deepfake
-from common.cli import main
-from common.config import load_config, save_config
-from common.inference import build_classifier
-from common.kernel import (WHEELS_LIST, KernelPlan, build_kernel, install_wheels, kernel_script, pip_install_command,
+from common.core.cli import main
+from common.core.config import load_config, save_config
+from common.video.inference import build_classifier
+from common.kaggle.kernel import (WHEELS_LIST, KernelPlan, build_kernel, install_wheels, kernel_script, pip_install_command,
                            slugify)
 from competitions.deepfake.demo import write_demo
 from competitions.deepfake.submission import validate_submission
@@ -54,7 +54,7 @@ def test_kernel_folder_is_ready_to_push(kernel):
     assert meta["dataset_sources"] == [f"tester/{SLUG}-{part}" for part in ("code", "weights", "wheels")]
     assert (kernel / "kernel" / meta["code_file"]).is_file()
     code = kernel / "code"
-    for name in ["common/inference.py", "common/kernel.py", "competitions/deepfake/__init__.py", "run.sh",
+    for name in ["common/video/inference.py", "common/kaggle/kernel.py", "competitions/deepfake/__init__.py", "run.sh",
                  "requirements.txt", "dataset-metadata.json"]:
         assert (code / name).is_file(), name
     assert not list(code.rglob("__pycache__"))

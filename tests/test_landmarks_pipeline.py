@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import common.recognition as recognition
+import common.tasks.recognition as recognition
 import competitions.landmarks as landmarks
-from common.cli import main
-from common.errors import DataError
-from common.metrics import gap
-from common.recognition import (NO_CLASS, Neighbours, VoteSettings, distractor_split, find_neighbours, gap_of_codes,
+from common.core.cli import main
+from common.core.errors import DataError
+from common.metrics.scores import gap
+from common.tasks.recognition import (NO_CLASS, Neighbours, VoteSettings, distractor_split, find_neighbours, gap_of_codes,
                                 recognition_folds, tune_vote, vote)
 from competitions.landmarks.demo import write_demo
 from competitions.landmarks.layout import read_sample_submission, validate_submission
@@ -252,7 +252,7 @@ def test_bad_input_is_reported_with_the_file(tiny_demo, tmp_path, capsys):
 
 # --- training-side pieces ------------------------------------------------------------------------------
 def _config(*overrides):
-    from common.config import load_config
+    from common.core.config import load_config
 
     return load_config(landmarks.CONFIG_PATH, ["data.num_workers=0", *overrides])
 
@@ -261,7 +261,7 @@ def test_rare_classes_are_sampled_more_than_their_share():
     import torch
     from torch.utils.data import TensorDataset
 
-    from common.recognition import class_balanced_loader
+    from common.tasks.recognition import class_balanced_loader
 
     y = np.array([0] * 4 + [1] * 1000)
     dataset = TensorDataset(torch.zeros(len(y), 1), torch.as_tensor(y))
@@ -279,8 +279,8 @@ def test_per_epoch_validation_scores_gap(mode):
     import torch
     from types import SimpleNamespace
 
-    from common.heads import create_head
-    from common.recognition import EPOCH_EVALUATIONS, FoldData
+    from common.models.heads import create_head
+    from common.tasks.recognition import EPOCH_EVALUATIONS, FoldData
 
     cfg = _config()
     centres = np.eye(8, dtype=np.float32)[:3]

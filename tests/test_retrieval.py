@@ -1,4 +1,4 @@
-"""Tests for common.retrieval: index choice, search correctness, class ranking and the open-set threshold."""
+"""Tests for common.retrieval.index: index choice, search correctness, class ranking and the open-set threshold."""
 from __future__ import annotations
 
 import warnings
@@ -7,8 +7,8 @@ import faiss
 import numpy as np
 import pytest
 
-from common.metrics import map_at_k
-from common.retrieval import build_index, insert_new_class, l2_normalize, rank_classes, search, tune_threshold
+from common.metrics.scores import map_at_k
+from common.retrieval.index import build_index, insert_new_class, l2_normalize, rank_classes, search, tune_threshold
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,9 +9,9 @@ import pandas as pd
 
 import competitions.deepfake as deepfake
 import competitions.whales as whales
-from common.cli import main
-from common.config import load_config, save_config
-from common.runs import key_metric, list_runs, lower_is_better
+from common.core.cli import main
+from common.core.config import load_config, save_config
+from common.core.runs import key_metric, list_runs, lower_is_better
 
 
 def fake_run(runs: Path, module, name: str, metrics: dict | None, overrides=(), mtime: float | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""Tests for common/samplers.py: P x K batch composition, short identities, determinism."""
+"""Tests for common/data/samplers.py: P x K batch composition, short identities, determinism."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from common.samplers import PKSampler
+from common.data.samplers import PKSampler
 
 
 def whale_like_labels() -> list[str]:

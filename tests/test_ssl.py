@@ -12,8 +12,8 @@ import timm
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from common.errors import ConfigError
-from common.ssl import (PRETEXT, PretextDataset, create_pretext, cut_tiles, identity_groups, identity_partners,
+from common.core.errors import ConfigError
+from common.ssl.pretext import (PRETEXT, PretextDataset, create_pretext, cut_tiles, identity_groups, identity_partners,
                         jigsaw_permutations, min_hamming_distance, reseed_worker_transform)
 
 
@@ -143,16 +143,16 @@ def tiny_whales(tmp_path_factory):
 
 def whales_with_pretrain():
     import competitions.whales as whales
-    from common.pretrain import pretrain_command
+    from common.ssl.pretrain import pretrain_command
 
     return types.SimpleNamespace(COMPETITION=whales.COMPETITION, COMMANDS={**whales.COMMANDS, "pretrain": pretrain_command})
 
 
 def test_pretrain_smoke_writes_a_backbone_that_train_init_loads(tiny_whales, tmp_path, capsys):
-    from common.build import build_model
-    from common.cli import main
-    from common.config import load_config
-    from common.pretrain import pretrain
+    from common.engine.build import build_model
+    from common.core.cli import main
+    from common.core.config import load_config
+    from common.ssl.pretrain import pretrain
     from competitions.whales import COMPETITION, CONFIG_PATH
 
     args = ["preset=smoke", "ssl.method=micle", "ssl.epochs=1", "ssl.batch_size=16",

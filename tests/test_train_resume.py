@@ -6,8 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.config import load_config
-from common.train import param_groups, train_fold
+from common.core.config import load_config
+from common.engine.trainer import param_groups, train_fold
 from competitions.whales import CONFIG_PATH
 
 

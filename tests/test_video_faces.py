@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.blend import SelfBlendAugment, face_mask, self_blend
-from common.errors import DataError
-from common.faces import (
+from common.video.blend import SelfBlendAugment, face_mask, self_blend
+from common.core.errors import DataError
+from common.video.faces import (
     DETECTORS,
     FALLBACK_SCORE,
     FaceDetector,
@@ -18,7 +18,7 @@ from common.faces import (
     ssd_output_to_boxes,
     yunet_output_to_boxes,
 )
-from common.video import BACKENDS, VideoReadError, read_frames, sample_indices, video_info
+from common.video.frames import BACKENDS, VideoReadError, read_frames, sample_indices, video_info
 from competitions.deepfake.demo import write_mp4
 
 

@@ -8,7 +8,7 @@ import cv2
 import pandas as pd
 import pytest
 
-from common.errors import DataError
+from common.core.errors import DataError
 from competitions.whales.demo import NEW_WHALE, main, validate_demo, write_demo
 
 SMALL = dict(n_identities=20, n_train=80, n_test=30, image_size=(96, 48), progress=False)

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 import competitions.whales as whales
-from common.cli import main
+from common.core.cli import main
 from competitions.whales.submission import validate_submission
-from common.errors import DataError
+from common.core.errors import DataError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from common.errors import DataError
+from common.core.errors import DataError
 
 NEW_WHALE = "new_whale"
 MARKER = ".arrangement.json"

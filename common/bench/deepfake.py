@@ -1,7 +1,7 @@
 """Where does the time per video go? (`./run.sh bench deepfake`)
 
 A Kaggle kernel has a fixed time budget for thousands of test videos (DFDC: 4000 in 9 hours), so
-the inference path (`common.inference`: sample frames -> detect faces -> classify crops) is timed
+the inference path (`common.video.inference`: sample frames -> detect faces -> classify crops) is timed
 step by step, per video, on this machine:
 
 * decode: `read_frames` of the configured number of evenly spaced frames (grab every frame,
@@ -29,9 +29,9 @@ from pathlib import Path
 import cv2
 import pandas as pd
 
-from common.config import load_config, split_overrides
-from common.errors import ConfigError, DataError
-from common.paths import REPO_ROOT, resolve_data_root, run_dir
+from common.core.config import load_config, split_overrides
+from common.core.errors import ConfigError, DataError
+from common.core.paths import REPO_ROOT, resolve_data_root, run_dir
 
 OPTIONS = {"videos": None, "limit": 20, "threads": None, "out": "outputs/bench", "repeat": 1}
 SHARED_VIDEO = REPO_ROOT.parent / "shared" / "data" / "video" / "carphone_pristine.mp4"
@@ -76,7 +76,7 @@ def video_sets(options: dict, cfg) -> dict[str, list[Path]]:
 
 
 def make_predictor(cfg):
-    from common.inference import VideoPredictor, build_classifier
+    from common.video.inference import VideoPredictor, build_classifier
 
     if cfg.run.get("name"):
         return VideoPredictor.load(run_dir(cfg, "deepfake", create=False), progress=False, device="cpu")
@@ -84,7 +84,7 @@ def make_predictor(cfg):
 
 
 def time_video(predictor, path: Path) -> dict:
-    from common.inference import aggregate, frame_probabilities
+    from common.video.inference import aggregate, frame_probabilities
 
     extractor = predictor.extractor
     t0 = time.perf_counter()
@@ -121,7 +121,7 @@ def report(rows: list[dict], cfg, predictor, options: dict, seconds: float) -> s
         lines.append(f"| {row['set']} | {row['n']} | {row['size']} | {row['frames']:.0f} / {row['total_frames']:.0f} | "
                      f"{row['decode']:.3f} | {row['detect']:.3f} | {row['classify']:.3f} | {row['total']:.3f} | "
                      f"{row['floor']:.3f} | {row['found']:.0%} |")
-    lines += ["", "decode + detect + classify = total, what `common.inference` spends per video; the floor is "
+    lines += ["", "decode + detect + classify = total, what `common.video.inference` spends per video; the floor is "
               "what decoding alone costs, whatever the frame sampler.", f"Bench wall time {seconds:.0f} s."]
     return "\n".join(lines)
 

@@ -1,7 +1,7 @@
 """Which head or metric-learning loss gives the best open-set embedding? (`./run.sh bench heads`)
 
 Every method trains the same backbone with the same budget and seed through the real whale
-pipeline (`common.identification.train`), on real data arranged in the whale format by
+pipeline (`common.tasks.identification.train`), on real data arranged in the whale format by
 `common.bench.datasets`: ORL faces (30 known people, 10 held out) and Omniglot background sets
 (characters as identities, test drawers never seen in training, 30 % of characters held out).
 Only the method's keys (`model.head`, `model.loss`, `head.dynamic_margin`) change between runs,
@@ -49,9 +49,9 @@ import yaml
 
 from common.bench.datasets import (NEW_WHALE, OMNIGLOT_ZIPS, ORL_DIR, write_omniglot_whale_format,
                                    write_orl_whale_format)
-from common.config import load_config, split_overrides
-from common.errors import ConfigError, DataError
-from common.paths import REPO_ROOT
+from common.core.config import load_config, split_overrides
+from common.core.errors import ConfigError, DataError
+from common.core.paths import REPO_ROOT
 
 # Method name -> the config keys that define it (everything else is the shared budget).
 METHODS: dict[str, list[str]] = {
@@ -150,7 +150,7 @@ def closed_set_top1(submission: Path, truth_csv: Path) -> float:
 
 def baseline_row(root: Path) -> dict:
     """The answer with no model: `new_whale`, then the most frequent known identities."""
-    from common.identification import trivial_baseline
+    from common.tasks.identification import trivial_baseline
 
     train = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
     truth = pd.read_csv(root / "test_truth.csv", dtype=str, keep_default_na=False)
@@ -178,7 +178,7 @@ def finished_run(run: Path, cfg) -> bool:
 def run_method(root: Path, out: Path, dataset: str, method: str, overrides: list[str], seed: int | None = None, *,
                reuse: bool = False, verbose: bool = False) -> dict:
     """Train one method on one dataset through the whale pipeline; one row of results."""
-    from common.identification import train
+    from common.tasks.identification import train
     from competitions.whales import COMPETITION
 
     cfg = run_config(root, out, dataset, method, overrides, seed)

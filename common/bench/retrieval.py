@@ -1,7 +1,7 @@
 """How much faster is IVF than exact kNN, and what does it cost in recall? (`./run.sh bench retrieval`)
 
 Why: a recognition gallery grows to millions of images (1.5 M in Landmark Recognition), where
-exact search of every query against every image is the bottleneck. `common.retrieval.build_index`
+exact search of every query against every image is the bottleneck. `common.retrieval.index.build_index`
 switches from exact (IndexFlatIP) to IVF above `exact_max`; this bench measures what that buys
 and what it loses, on the vectors such a gallery holds: 512-d, L2-normalised and clustered at two
 scales (Zipf-sized classes of 2 to 5000 images, each made of views of about 10 near-duplicate
@@ -38,10 +38,10 @@ import faiss
 import numpy as np
 import yaml
 
-from common.config import split_overrides
-from common.errors import ConfigError
-from common.paths import REPO_ROOT
-from common.retrieval import build_index, search
+from common.core.config import split_overrides
+from common.core.errors import ConfigError
+from common.core.paths import REPO_ROOT
+from common.retrieval.index import build_index, search
 
 OPTIONS = {"sizes": "100000,1000000", "dim": 512, "queries": 1000, "nprobe": "4,8,16,32,64", "pq_m": 64,
            "nlist": "auto", "repeats": 3, "threads": 0, "seed": 0, "out": "outputs/bench/retrieval.md",

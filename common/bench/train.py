@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.augment import build_transform
-from common.build import build_model, build_objective, train_loader
-from common.config import load_config
-from common.data import ImageCache, ImageDataset
-from common.paths import REPO_ROOT, cache_root, resolve_data_root
+from common.data.augment import build_transform
+from common.engine.build import build_model, build_objective, train_loader
+from common.core.config import load_config
+from common.data.images import ImageCache, ImageDataset
+from common.core.paths import REPO_ROOT, cache_root, resolve_data_root
 
 
 def _step(model, objective, optimizer, images, labels) -> None:

@@ -1,9 +1,9 @@
 """Deepfake Detection Challenge (Kaggle 2019-20): the data format, the demo data and the choices.
 
-Everything else is shared: face crops cached once (`common.face_cache`), the video classification
-flow (`common.video_classification`: folds grouped by original video, frame classifier, per-video
+Everything else is shared: face crops cached once (`common.video.face_cache`), the video classification
+flow (`common.tasks.video`: folds grouped by original video, frame classifier, per-video
 aggregation, calibration tuned on out-of-fold log loss), the one inference path used by `predict`
-and by the offline Kaggle kernel (`common.inference`), and the kernel folder (`common.kernel`).
+and by the offline Kaggle kernel (`common.video.inference`), and the kernel folder (`common.kaggle.kernel`).
 
 The competition object plugs into those modules with: name, slug, config_path, write_demo(root),
 read_train(root, missing_original) -> [video, path, label (1 = fake), group], read_test(root) ->
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.cli import lazy_command
-from common.data import check_files_exist
-from common.errors import ConfigError, DataError
-from common.tables import read_csv_columns
+from common.core.cli import lazy_command
+from common.data.images import check_files_exist
+from common.core.errors import ConfigError, DataError
+from common.data.tables import read_csv_columns
 
 NAME = "deepfake"
 SLUG = "deepfake-detection-challenge"
@@ -137,8 +137,8 @@ WEIGHT_FILES = ("config.yaml", "calibration.json", "fold*/best.pt")
 
 def kaggle_predict(weights_dir: Path, out: Path) -> Path:
     """The Kaggle kernel's entry point: the competition's test videos -> out (submission.csv)."""
-    from common.inference import predict_submission
-    from common.paths import kaggle_input_dirs
+    from common.video.inference import predict_submission
+    from common.core.paths import kaggle_input_dirs
 
     roots = [d for d in kaggle_input_dirs(SLUG) if (d / TEST_DIR).is_dir()]
     if not roots:
@@ -147,10 +147,10 @@ def kaggle_predict(weights_dir: Path, out: Path) -> Path:
     return predict_submission(COMPETITION, weights_dir, roots[0], out)
 
 
-# `kernel` is the generic common.kaggle command: it finds kaggle_predict and WEIGHT_FILES above.
+# `kernel` is the generic common.kaggle.commands command: it finds kaggle_predict and WEIGHT_FILES above.
 COMMANDS = {
-    "demo-data": lazy_command("common.cli:demo_data"),
-    "detect": lazy_command("common.video_classification:detect", takes_args=False),
-    "train": lazy_command("common.video_classification:train", takes_args=False),
-    "predict": lazy_command("common.video_classification:predict", takes_args=False),
+    "demo-data": lazy_command("common.core.cli:demo_data"),
+    "detect": lazy_command("common.tasks.video:detect", takes_args=False),
+    "train": lazy_command("common.tasks.video:train", takes_args=False),
+    "predict": lazy_command("common.tasks.video:predict", takes_args=False),
 }

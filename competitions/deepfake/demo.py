@@ -35,7 +35,7 @@ Generative model:
   ``swap`` - the inner face of another identity, rendered in the same pose with a skin tone
   close to the target's, at a lower resolution (blurred), pasted through a soft elliptic mask
   that jitters a little from frame to frame; ``blend`` - the target's own face,
-  colour-shifted and resampled, pasted the same way (a self-blend, see ``common.blend``).
+  colour-shifted and resampled, pasted the same way (a self-blend, see ``common.video.blend``).
   Both leave a subtle boundary, colour mismatch and texture loss inside the face.
 * **Splits.** Train has ``n_real`` real videos of distinct people and ``fakes_per_real``
   fakes of each (DFDC has about 5 fakes per real), every FAKE naming its real video as
@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common.blend import blend, perturb_colour
+from common.video.blend import blend, perturb_colour
 
 DEFAULT_ROOT = Path("inputs/demo/deepfake")
 TRAIN_DIR = "train_sample_videos"

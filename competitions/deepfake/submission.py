@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from common.errors import DataError
+from common.core.errors import DataError
 
 
 def validate_submission(frame: pd.DataFrame, sample: pd.DataFrame | None = None, where: str = "submission") -> None:

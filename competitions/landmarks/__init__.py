@@ -1,7 +1,7 @@
 """Google Landmark Recognition 2020 (Kaggle): the data format, the demo data and the choices.
 
 Everything else (folds, training, kNN vote, non-landmark re-ranking, GAP) is the shared
-closed-set recognition flow in `common.recognition`. The file layout itself lives in
+closed-set recognition flow in `common.tasks.recognition`. The file layout itself lives in
 `layout.py`, the synthetic demo in `demo.py`.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from common.cli import lazy_command
-from common.data import check_files_exist
-from common.tables import read_csv_columns
+from common.core.cli import lazy_command
+from common.data.images import check_files_exist
+from common.data.tables import read_csv_columns
 
 from . import layout
 
@@ -81,7 +81,7 @@ COMPETITION = Landmarks()
 
 
 COMMANDS = {
-    "demo-data": lazy_command("common.cli:demo_data"),
-    "train": lazy_command("common.recognition:train", takes_args=False),
-    "predict": lazy_command("common.recognition:predict", takes_args=False),
+    "demo-data": lazy_command("common.core.cli:demo_data"),
+    "train": lazy_command("common.tasks.recognition:train", takes_args=False),
+    "predict": lazy_command("common.tasks.recognition:predict", takes_args=False),
 }

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 try:  # the shared error type, when the core provides it
-    from common.errors import DataError
+    from common.core.errors import DataError
 except ImportError:  # pragma: no cover - depends on what the lead has committed
     DataError = ValueError
 

@@ -1,7 +1,7 @@
 """Humpback Whale Identification (Kaggle 2018-19): the data format, the demo data and the choices.
 
 Everything else (folds, training, retrieval, thresholding) is the shared open-set identification
-flow in `common.identification`.
+flow in `common.tasks.identification`.
 """
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.cli import lazy_command
-from common.data import check_files_exist
-from common.errors import DataError
-from common.tables import read_csv_columns, list_images
+from common.core.cli import lazy_command
+from common.data.images import check_files_exist
+from common.core.errors import DataError
+from common.data.tables import read_csv_columns, list_images
 
 NAME = "whales"
 SLUG = "humpback-whale-identification"
@@ -77,9 +77,9 @@ COMPETITION = Whales()
 
 
 COMMANDS = {
-    "demo-data": lazy_command("common.cli:demo_data"),
-    "train": lazy_command("common.identification:train", takes_args=False),
-    "predict": lazy_command("common.identification:predict", takes_args=False),
-    "pretrain": lazy_command("common.pretrain:pretrain_command"),
+    "demo-data": lazy_command("common.core.cli:demo_data"),
+    "train": lazy_command("common.tasks.identification:train", takes_args=False),
+    "predict": lazy_command("common.tasks.identification:predict", takes_args=False),
+    "pretrain": lazy_command("common.ssl.pretrain:pretrain_command"),
 }
 DISTRIBUTED_COMMANDS = {"train"}

@@ -1,6 +1,6 @@
 import sys
 
 import competitions.whales as module
-from common.cli import main
+from common.core.cli import main
 
 sys.exit(main(module, sys.argv[1:]))

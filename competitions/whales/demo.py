@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common.errors import DataError
+from common.core.errors import DataError
 
 NEW_WHALE = "new_whale"
 DEFAULT_ROOT = Path("inputs/demo/whales")

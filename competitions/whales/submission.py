@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from common.errors import DataError
+from common.core.errors import DataError
 
 
 def validate_submission(frame: pd.DataFrame, sample: pd.DataFrame | None = None, where: str = "submission") -> None:

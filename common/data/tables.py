@@ -1,0 +1,40 @@
+"""Reading a competition's CSV files and folders with errors that name the file and the problem."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from common.core.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp", ".gif"}
+
+
+def read_csv_columns(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """Read a CSV (ids kept as strings) and insist on the columns a competition's format requires."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing column {', '.join(missing)} (found {', '.join(table.columns) or 'none'})")
+    if table.empty:
+        raise DataError(f"{path}: no rows")
+    return table
+
+
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files of a folder, sorted; DataError when the folder is missing or holds none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found")
+    pattern = folder.rglob("*") if recursive else folder.iterdir()
+    found = sorted(p for p in pattern if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not found:
+        raise DataError(f"{folder}: empty folder (no images)")
+    return found

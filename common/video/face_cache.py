@@ -1,0 +1,242 @@
+"""Video -> face crops, and the on-disk cache that makes decoding a one-time cost (`detect`).
+
+Why: decoding a video and finding its faces costs far more than one training step on the crops
+(see `./run.sh bench deepfake`), and every epoch would repeat it. So the `detect` step runs once
+per video and setting, and stores each video's crops as a uint8 `.npy` (memory-mapped when
+read back) next to a `.json` with the frame index, face index and detector score of every crop.
+The `.json` is written last and atomically: its presence marks the video done, so an interrupted
+`detect` continues where it stopped. A video that cannot be read is recorded as such (its
+`.json` holds the error) and is not retried.
+
+Cache folder: `<cache root>/<competition>/faces/<settings hash>/<video folder>/<name>-<hash>.npy`;
+the settings hash covers everything that changes the crops (frames, detector, margin, size,
+mode), the file hash covers the video's path, size and modification time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from common.core.errors import ConfigError
+from common.video.faces import EXTRACT_MODES, FALLBACK_SCORE, MissingWeightsError, create_detector, extract_faces
+from common.video.frames import BACKENDS, read_frames
+
+CNN_DETECTORS = ("yunet", "ssd")  # `faces.detector=auto` takes the first whose weights are found
+
+
+@dataclass
+class VideoFaces:
+    """The face crops of one video: uint8 [n, S, S, 3] and, per crop, its frame, face rank and score."""
+
+    crops: np.ndarray
+    frame_idx: np.ndarray
+    face_idx: np.ndarray
+    score: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    @property
+    def found_faces(self) -> bool:
+        """False when no frame had a detected face and the crops are centre crops (score 0)."""
+        return bool(np.any(self.score > FALLBACK_SCORE))
+
+
+def crop_size(cfg) -> int:
+    height, width = (int(v) for v in cfg.data.image_size)
+    if height != width:
+        raise ConfigError(f"data.image_size={list(cfg.data.image_size)}: face crops are square; use [S, S]")
+    return height
+
+
+def resolve_detector(name: str, weights_dir: str | None):
+    """(resolved name, detector): `auto` is the first CNN detector whose weights exist, else Haar."""
+    if name != "auto":
+        kwargs = {"weights_dir": weights_dir} if name in CNN_DETECTORS else {}
+        try:
+            return name, create_detector(name, **kwargs)
+        except MissingWeightsError as exc:
+            raise ConfigError(f"faces.detector={name}: {exc}") from None
+        except ValueError as exc:
+            raise ConfigError(f"faces.detector={name}: {exc}") from None
+    for candidate in CNN_DETECTORS:
+        try:
+            return candidate, create_detector(candidate, weights_dir=weights_dir)
+        except MissingWeightsError:
+            continue
+    return "haar", create_detector("haar")
+
+
+class FaceExtractor:
+    """One video file -> `VideoFaces`, with the settings of `cfg.video` and `cfg.faces`."""
+
+    def __init__(self, *, frames: int, size: int, margin: float = 0.3, mode: str = "largest",
+                 detector: str = "haar", weights_dir: str | None = None, backend: str = "opencv"):
+        if mode not in EXTRACT_MODES:
+            raise ConfigError(f"faces.mode={mode}; choose from {', '.join(EXTRACT_MODES)}")
+        if backend not in BACKENDS:
+            raise ConfigError(f"video.backend={backend}; choose from {', '.join(BACKENDS)}")
+        if int(frames) < 1:
+            raise ConfigError(f"video.frames={frames}; at least 1")
+        self.frames, self.size, self.margin, self.mode, self.backend = int(frames), int(size), float(margin), mode, backend
+        self.weights_dir = weights_dir
+        self.detector_name, self.detector = resolve_detector(detector, weights_dir)
+
+    @classmethod
+    def from_config(cls, cfg) -> "FaceExtractor":
+        return cls(frames=cfg.video.frames, size=crop_size(cfg), margin=cfg.faces.margin, mode=cfg.faces.mode,
+                   detector=cfg.faces.detector, weights_dir=cfg.faces.get("weights_dir"), backend=cfg.video.backend)
+
+    def settings(self) -> dict:
+        return {"frames": self.frames, "size": self.size, "margin": self.margin, "mode": self.mode,
+                "detector": self.detector_name}
+
+    def read(self, path: str | Path) -> np.ndarray:
+        """The sampled frames (raises `VideoReadError` naming the file)."""
+        return read_frames(path, self.frames, backend=self.backend)
+
+    def faces_in(self, frames: np.ndarray) -> VideoFaces:
+        found = extract_faces(frames, self.detector, margin=self.margin, size=self.size, mode=self.mode)
+        return VideoFaces(crops=np.stack([f.crop for f in found]),
+                          frame_idx=np.array([f.frame_idx for f in found], np.int32),
+                          face_idx=np.array([f.face_idx for f in found], np.int32),
+                          score=np.array([f.score for f in found], np.float32))
+
+    def __call__(self, path: str | Path) -> VideoFaces:
+        return self.faces_in(self.read(path))
+
+
+def _write_atomic(path: Path, write) -> None:
+    partial = path.with_name(path.name + f".tmp{os.getpid()}-{threading.get_ident()}")
+    write(partial)
+    os.replace(partial, path)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to the temporary name
+        np.save(f, array)
+
+
+class FaceCache:
+    """Face crops of many videos on disk, built once (`build`) and read back memory-mapped (`load`)."""
+
+    def __init__(self, extractor: FaceExtractor, directory: str | Path, *, progress: bool = True,
+                 workers: int = 1, open_files: int = 128):
+        self.extractor = extractor
+        settings = extractor.settings()
+        digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+        self.directory = Path(directory) / digest
+        self.directory.mkdir(parents=True, exist_ok=True)
+        settings_file = self.directory / "settings.json"
+        if not settings_file.exists():
+            settings_file.write_text(json.dumps(settings, indent=2))
+        self.progress, self.workers = progress, max(1, int(workers))
+        self._open: OrderedDict[str, np.ndarray] = OrderedDict()  # recently used memmaps
+        self._open_files = open_files
+        self._local = threading.local()
+
+    def _base(self, path: str | Path) -> Path:
+        path = Path(path).resolve()
+        stat = path.stat() if path.exists() else None
+        key = f"{path}|{stat.st_size if stat else -1}|{stat.st_mtime_ns if stat else -1}"
+        return self.directory / path.parent.name / f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+    def is_done(self, path: str | Path) -> bool:
+        return self._base(path).with_suffix(".json").exists()
+
+    def _extractor(self) -> FaceExtractor:
+        """One extractor per thread: detectors are not guaranteed to be thread-safe."""
+        if self.workers == 1:
+            return self.extractor
+        if not hasattr(self._local, "extractor"):
+            e = self.extractor
+            self._local.extractor = FaceExtractor(frames=e.frames, size=e.size, margin=e.margin, mode=e.mode,
+                                                  detector=e.detector_name, weights_dir=e.weights_dir, backend=e.backend)
+        return self._local.extractor
+
+    def _detect_one(self, path: str) -> str | None:
+        base = self._base(path)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"source": str(Path(path).resolve()), "settings": self.extractor.settings(), "error": None}
+        try:
+            faces = self._extractor()(path)
+        except Exception as exc:  # noqa: BLE001 - any failure is recorded and reported, never fatal here
+            meta["error"] = f"{exc.__class__.__name__}: {exc}"
+        else:
+            _write_atomic(base.with_suffix(".npy"), lambda p: _save_npy(p, faces.crops))
+            meta.update(frame_idx=faces.frame_idx.tolist(), face_idx=faces.face_idx.tolist(),
+                        score=[round(float(s), 4) for s in faces.score], found_faces=faces.found_faces)
+        _write_atomic(base.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta)))
+        return meta["error"]
+
+    def build(self, paths: Sequence[str | Path], desc: str = "detect faces") -> dict[str, str]:
+        """Detect and crop every video not cached yet; returns {path: error} for unreadable videos."""
+        paths = [str(p) for p in paths]
+        todo = [p for p in paths if not self.is_done(p)]
+        if todo:
+            with ThreadPoolExecutor(self.workers) as pool:
+                list(tqdm(pool.map(self._detect_one, todo), total=len(todo), desc=f"{desc} ({len(paths) - len(todo)} cached)",
+                          disable=not self.progress))
+        return {p: error for p in paths if (error := self.error(p))}
+
+    def meta(self, path: str | Path) -> dict:
+        file = self._base(path).with_suffix(".json")
+        if not file.exists():
+            raise KeyError(f"{path}: not in the face cache {self.directory} (run the detect step first)")
+        return json.loads(file.read_text())
+
+    def error(self, path: str | Path) -> str | None:
+        return self.meta(path)["error"]
+
+    def crop_file(self, path: str | Path) -> Path:
+        return self._base(path).with_suffix(".npy")
+
+    def load(self, path: str | Path) -> VideoFaces:
+        """The cached crops (memory-mapped, read-only) of a video `build` has seen without error."""
+        meta = self.meta(path)
+        if meta["error"]:
+            raise KeyError(f"{path}: unreadable when the cache was built ({meta['error']})")
+        npy = str(self._base(path).with_suffix(".npy"))
+        crops = self._open.pop(npy, None)
+        if crops is None:
+            crops = np.load(npy, mmap_mode="r")
+            if len(self._open) >= self._open_files:
+                self._open.popitem(last=False)
+        self._open[npy] = crops
+        return VideoFaces(crops=crops, frame_idx=np.asarray(meta["frame_idx"], np.int32),
+                          face_idx=np.asarray(meta["face_idx"], np.int32), score=np.asarray(meta["score"], np.float32))
+
+
+class CropReader:
+    """Random access to cached crops, `reader(video, k) -> uint8 [S, S, 3]`; small and picklable, so
+    DataLoader workers can carry it (each opens the memory maps it needs, keeping the recent ones)."""
+
+    def __init__(self, files: Sequence[str | Path], open_files: int = 128):
+        self.files = [str(f) for f in files]
+        self.open_files = open_files
+        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __getstate__(self):
+        return {"files": self.files, "open_files": self.open_files}
+
+    def __setstate__(self, state):
+        self.__init__(state["files"], state["open_files"])
+
+    def __call__(self, video: int, k: int) -> np.ndarray:
+        crops = self._open.pop(video, None)
+        if crops is None:
+            crops = np.load(self.files[video], mmap_mode="r")
+            if len(self._open) >= self.open_files:
+                self._open.popitem(last=False)
+        self._open[video] = crops
+        return np.array(crops[k])

@@ -1,0 +1,265 @@
+"""A trained run -> P(class) per video: the one inference path, used by `train` (on cached faces),
+by `predict` and by the offline Kaggle kernel (on video files).
+
+Steps, each a small function so training can tune what inference applies:
+
+1. faces: sample frames, detect, crop (`common.video.face_cache.FaceExtractor`, the `detect` settings);
+2. crops -> probabilities: every fold model's logit (and its mirror's, `infer.tta_flip`),
+   averaged over models, through a sigmoid (`FrameClassifier` is defined here because training
+   and inference must build exactly the same network);
+3. frames: a frame's probability is the max over its faces (one swapped face makes it fake);
+4. aggregation over frames, by a strategy from `AGGREGATIONS` chosen on out-of-fold log loss;
+5. calibration: a temperature on the logit, then clipping to [eps, 1 - eps] (log loss punishes a
+   confident mistake without bound), both tuned on out-of-fold predictions.
+
+It never crashes on a bad video: an unreadable file gets 0.5 (the log loss of knowing nothing,
+0.693) and an `UnreadableVideoWarning` naming the file. It imports neither albumentations nor the
+trainer, so the Kaggle kernel needs only torch, timm, OpenCV, numpy, pandas and PyYAML.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from common.core.config import read_saved_config
+from common.core.errors import DataError
+from common.video.face_cache import FaceExtractor, VideoFaces
+from common.models.network import GeM, create_backbone
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # as common.data.augment (a test checks)
+UNKNOWN = 0.5  # the answer for a video that cannot be read
+
+
+class UnreadableVideoWarning(UserWarning):
+    """A video could not be decoded or processed; it was answered with 0.5."""
+
+
+# --- the network ----------------------------------------------------------------------------
+
+
+class FrameClassifier(nn.Module):
+    """timm backbone -> GeM -> dropout -> Linear(features, 1): one logit (P(positive class)) per crop."""
+
+    def __init__(self, backbone: nn.Module, gem_p: float = 3.0, dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.pool = GeM(gem_p)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.num_features, 1))
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return {"logits": self.head(self.pool(self.backbone.forward_features(images))).squeeze(1)}
+
+
+def build_classifier(cfg, pretrained=None) -> FrameClassifier:
+    """The network of `cfg.model`; `pretrained=False` when fold weights will be loaded anyway."""
+    m = cfg.model
+    backbone = create_backbone(m.backbone, m.pretrained if pretrained is None else pretrained)
+    return FrameClassifier(backbone, gem_p=m.gem_p, dropout=m.get("dropout", 0.0))
+
+
+def to_tensor(crops: np.ndarray, device) -> torch.Tensor:
+    """uint8 [n, H, W, 3] -> ImageNet-normalised float [n, 3, H, W] (what A.Normalize + ToTensorV2 give)."""
+    x = torch.from_numpy(np.array(crops, dtype=np.uint8)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def crop_logits(models: Sequence[nn.Module], crops: np.ndarray, *, device, batch_size: int = 64,
+                tta_flip: bool = False) -> np.ndarray:
+    """Mean logit over models (and mirrors) for each crop: float32 [n]."""
+    out = np.zeros(len(crops), np.float32)
+    amp = torch.device(device).type == "cuda"
+    for start in range(0, len(crops), batch_size):
+        x = to_tensor(crops[start:start + batch_size], device)
+        total = torch.zeros(len(x), device=device)
+        for model in models:
+            model.eval()
+            with torch.autocast("cuda", enabled=amp):
+                total += model(x)["logits"].float()
+                if tta_flip:
+                    total += model(x.flip(-1))["logits"].float()
+        out[start:start + len(x)] = (total / (len(models) * (2 if tta_flip else 1))).cpu().numpy()
+    return out
+
+
+def sigmoid(x) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def logit(p, eps: float = 1e-7) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+# --- frames -> one video probability --------------------------------------------------------
+
+
+def frame_probabilities(crop_probs: np.ndarray, frame_idx: np.ndarray) -> np.ndarray:
+    """One probability per frame: the max over the frame's faces (frames in increasing order)."""
+    crop_probs, frame_idx = np.asarray(crop_probs, np.float64), np.asarray(frame_idx)
+    if len(crop_probs) == 0:
+        return crop_probs
+    frames = np.unique(frame_idx)
+    return np.array([crop_probs[frame_idx == f].max() for f in frames])
+
+
+def aggregate_mean(p: np.ndarray, **_) -> float:
+    return float(np.mean(p))
+
+
+def aggregate_median(p: np.ndarray, **_) -> float:
+    return float(np.median(p))
+
+
+def aggregate_confident(p: np.ndarray, *, threshold: float = 0.8, share: float = 0.4,
+                        real_threshold: float = 0.2, real_share: float = 0.9, **_) -> float:
+    """The DFDC winner's rule (Seferbekov): when many frames are confidently fake, trust only those.
+
+    If more than `share` of the frames score above `threshold`, return their mean; else if more
+    than `real_share` score below `real_threshold`, return the mean of those; else the plain mean.
+    A swap that shows in a third of the frames is not diluted by the frames where it is hidden.
+    """
+    p = np.asarray(p, np.float64)
+    fake, real = p[p > threshold], p[p < real_threshold]
+    if len(fake) > share * len(p):
+        return float(fake.mean())
+    if len(real) > real_share * len(p):
+        return float(real.mean())
+    return float(p.mean())
+
+
+AGGREGATIONS: dict[str, Callable[..., float]] = {
+    "mean": aggregate_mean,
+    "median": aggregate_median,
+    "confident": aggregate_confident,
+}
+
+
+def aggregation_params(infer_cfg) -> dict:
+    """Keyword arguments of the strategies, from the `infer` config section."""
+    return {"threshold": infer_cfg.get("confident_threshold", 0.8), "share": infer_cfg.get("confident_share", 0.4),
+            "real_threshold": infer_cfg.get("confident_real_threshold", 0.2),
+            "real_share": infer_cfg.get("confident_real_share", 0.9)}
+
+
+def aggregate(frame_probs: np.ndarray, strategy: str, **params) -> float:
+    if strategy not in AGGREGATIONS:
+        raise KeyError(f"unknown aggregation '{strategy}'; known: {', '.join(AGGREGATIONS)}")
+    if len(frame_probs) == 0:
+        return UNKNOWN
+    return AGGREGATIONS[strategy](np.asarray(frame_probs, np.float64), **params)
+
+
+def calibrate(p, temperature: float = 1.0, eps: float = 0.0) -> np.ndarray:
+    """sigmoid(logit(p) / temperature), clipped to [eps, 1 - eps]."""
+    out = sigmoid(logit(p) / float(temperature)) if temperature != 1.0 else np.asarray(p, np.float64)
+    return np.clip(out, eps, 1.0 - eps)
+
+
+DEFAULT_CALIBRATION = {"aggregation": "mean", "temperature": 1.0, "clip_eps": 0.01}
+
+
+# --- the predictor --------------------------------------------------------------------------
+
+
+class VideoPredictor:
+    """Fold models + face extractor + tuned post-processing of one run (or a Kaggle weights dataset)."""
+
+    def __init__(self, cfg, models: Sequence[nn.Module], calibration: dict | None = None, *, device=None,
+                 progress: bool = True, extractor: FaceExtractor | None = None):
+        self.cfg = cfg
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.models = [m.to(self.device).eval() for m in models]
+        self.calibration = {**DEFAULT_CALIBRATION, **(calibration or {})}
+        self.params = aggregation_params(cfg.infer)
+        self.progress = progress
+        self._extractor = extractor
+        self.failures: list[str] = []  # videos answered UNKNOWN
+
+    @classmethod
+    def load(cls, weights_dir: str | Path, *, device=None, progress: bool = True) -> "VideoPredictor":
+        """From a folder holding config.yaml, calibration.json and fold*/best.pt (a run directory)."""
+        weights_dir = Path(weights_dir)
+        if not (weights_dir / "config.yaml").is_file():
+            raise DataError(f"{weights_dir}: no config.yaml (not a run directory or weights dataset)")
+        cfg = read_saved_config(weights_dir / "config.yaml")
+        checkpoints = sorted(weights_dir.glob("fold*/best.pt"))
+        if not checkpoints:
+            raise DataError(f"{weights_dir}: no trained fold (fold*/best.pt)")
+        models = []
+        for checkpoint in checkpoints:
+            model = build_classifier(cfg, pretrained=False)
+            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            model.load_state_dict(state["model"])
+            models.append(model)
+        calibration_file = weights_dir / "calibration.json"
+        calibration = json.loads(calibration_file.read_text()) if calibration_file.is_file() else None
+        if calibration is None:
+            warnings.warn(f"{calibration_file} missing: using {DEFAULT_CALIBRATION}", stacklevel=2)
+        return cls(cfg, models, calibration, device=device, progress=progress)
+
+    @property
+    def extractor(self) -> FaceExtractor:
+        if self._extractor is None:  # built on first use: training predicts from cached crops
+            self._extractor = FaceExtractor.from_config(self.cfg)
+        return self._extractor
+
+    def crop_probabilities(self, crops: np.ndarray) -> np.ndarray:
+        logits = crop_logits(self.models, crops, device=self.device, batch_size=int(self.cfg.infer.batch_size),
+                             tta_flip=bool(self.cfg.infer.tta_flip))
+        return sigmoid(logits)
+
+    def raw_probability(self, faces: VideoFaces, strategy: str | None = None) -> float:
+        """Aggregated, before calibration."""
+        frames = frame_probabilities(self.crop_probabilities(faces.crops), faces.frame_idx)
+        return aggregate(frames, strategy or self.calibration["aggregation"], **self.params)
+
+    def finish(self, raw) -> np.ndarray:
+        c = self.calibration
+        return calibrate(raw, c["temperature"], c["clip_eps"])
+
+    def predict_faces(self, faces: Sequence[VideoFaces | None]) -> np.ndarray:
+        """Calibrated probabilities for already extracted faces (None = unreadable -> 0.5)."""
+        raw = [UNKNOWN if f is None else self.raw_probability(f)
+               for f in tqdm(faces, desc="classify", disable=not self.progress, leave=False)]
+        out = self.finish(raw)
+        out[[f is None for f in faces]] = UNKNOWN
+        return out
+
+    def predict_video(self, path: str | Path) -> float:
+        """One video file -> calibrated P(positive); 0.5 and a warning if anything goes wrong."""
+        try:
+            return float(self.finish([self.raw_probability(self.extractor(path))])[0])
+        except Exception as exc:  # noqa: BLE001 - one bad file must not cost the whole submission
+            self.failures.append(str(path))
+            problem = str(exc) if str(path) in str(exc) else f"{path}: {exc.__class__.__name__}: {exc}"
+            warnings.warn(f"{problem}; predicting {UNKNOWN}", UnreadableVideoWarning, stacklevel=2)
+            return UNKNOWN
+
+    def predict(self, paths: Sequence[str | Path], desc: str = "predict videos") -> np.ndarray:
+        return np.array([self.predict_video(p) for p in tqdm(list(paths), desc=desc, disable=not self.progress)])
+
+
+def predict_submission(comp, weights_dir: str | Path, data_root: str | Path, out: str | Path, *,
+                       device=None, progress: bool = True) -> Path:
+    """Read the competition's test videos under data_root, predict each, write a validated submission."""
+    data_root = Path(data_root)
+    test = comp.read_test(data_root)
+    predictor = VideoPredictor.load(weights_dir, device=device, progress=progress)
+    print(f"{comp.name}: {len(test)} test videos from {data_root}; {len(predictor.models)} fold model(s) on "
+          f"{predictor.device}; aggregation {predictor.calibration['aggregation']}, temperature "
+          f"{predictor.calibration['temperature']:.3f}, clip eps {predictor.calibration['clip_eps']}", flush=True)
+    probabilities = predictor.predict(test.path)
+    if predictor.failures:
+        print(f"warning: {len(predictor.failures)} unreadable video(s) answered {UNKNOWN}: "
+              f"{', '.join(Path(p).name for p in predictor.failures[:5])}", flush=True)
+    return comp.write_submission(test.video.tolist(), probabilities, Path(out), data_root)

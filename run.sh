@@ -8,7 +8,7 @@ usage() {
   cat <<'USAGE'
 usage:
   ./run.sh test [pytest args]                       run the test suite (e.g. ./run.sh test -k metrics)
-  ./run.sh <competition> <command> [key=value ...]  competitions: whales | landmarks | deepfake
+  ./run.sh <competition> <command> [key=value ...]  competitions: whales | happywhale | landmarks | deepfake
       commands: demo-data [DIR] | train | predict run.name=NAME | pretrain | download | submit | kernel | runs
       deepfake also: detect (cache face crops once)
   ./run.sh bench <train|heads|pretrain|retrieval|deepfake>
@@ -46,7 +46,7 @@ case "$cmd" in
   bench)
     shift; setup_python
     exec "$PY" -m common.bench "$@" ;;
-  whales|landmarks|deepfake)
+  whales|happywhale|landmarks|deepfake)
     shift
     if [ $# -eq 0 ]; then usage; exit 2; fi
     setup_python

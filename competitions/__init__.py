@@ -1,16 +1,14 @@
-"""Competition registry: name -> module holding `COMPETITION` (format, demo data, config) and `COMMANDS`."""
+"""The competitions: each package registers its `COMPETITION` in common.core.competition.COMPETITIONS
+when imported; `load(name)` imports one by name (the command line and the Kaggle kernel use it)."""
 from __future__ import annotations
 
 import importlib
 
-COMPETITIONS = {
-    "whales": "competitions.whales",
-    "landmarks": "competitions.landmarks",
-    "deepfake": "competitions.deepfake",
-}
+NAMES = ("whales", "happywhale", "landmarks", "deepfake")
 
 
 def load(name: str):
-    if name not in COMPETITIONS:
-        raise KeyError(f"unknown competition '{name}'; known: {', '.join(COMPETITIONS)}")
-    return importlib.import_module(COMPETITIONS[name])
+    """The competition object `name` (importing its package registers it)."""
+    if name not in NAMES:
+        raise KeyError(f"unknown competition '{name}'; known: {', '.join(NAMES)}")
+    return importlib.import_module(f"competitions.{name}").COMPETITION

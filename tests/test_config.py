@@ -3,7 +3,9 @@ import yaml
 
 from common.core.config import load_config, save_config, read_saved_config
 from common.core.errors import ConfigError
-from competitions.whales import CONFIG_PATH
+from competitions.whales import COMPETITION
+
+CONFIG_PATH = COMPETITION.config_path
 
 
 def test_defaults_competition_and_overrides_merge():

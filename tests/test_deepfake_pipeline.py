@@ -14,12 +14,15 @@ import torch
 
 import competitions.deepfake as deepfake
 from common.core.cli import main
-from common.core.errors import DataError
+from common.core.config import load_config
+from common.core.errors import ConfigError, DataError
 from common.engine.folds import assert_groups_within_folds, group_folds
 from common.video.inference import (UNKNOWN, UnreadableVideoWarning, VideoPredictor, aggregate, calibrate,
                               frame_probabilities, to_tensor)
 from common.metrics.scores import log_loss
-from common.tasks.video import balanced_sample_weights, class_weights, fit_temperature, tune_clip_eps
+from common.data.loaders import balanced_sample_weights
+from common.losses.objective import class_weights
+from common.video.calibration import fit_temperature, tune_clip_eps
 from competitions.deepfake import COMPETITION
 from competitions.deepfake.demo import TRAIN_DIR, write_demo
 from competitions.deepfake.submission import validate_submission
@@ -38,7 +41,7 @@ def demo(tmp_path_factory):
 def smoke_run(demo, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     args = ["train", *FAST, f"data.root={demo}", f"run.root={runs}", "run.name=smoke", f"data.cache_dir={runs / 'cache'}"]
-    assert main(deepfake, args) == 0
+    assert main(deepfake.COMPETITION, args) == 0
     return runs, runs / "deepfake" / "smoke", args
 
 
@@ -76,9 +79,9 @@ def test_train_writes_a_complete_run_directory(smoke_run, demo):
 def test_rerun_refuses_and_resume_reuses_finished_folds(smoke_run, capsys):
     _, run, args = smoke_run
     before = (run / "fold0" / "best.pt").stat().st_mtime_ns
-    assert main(deepfake, args) == 2
+    assert main(deepfake.COMPETITION, args) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(deepfake, [*args, "resume=true"]) == 0
+    assert main(deepfake.COMPETITION, [*args, "resume=true"]) == 0
     assert "finished earlier" in capsys.readouterr().out
     assert (run / "fold0" / "best.pt").stat().st_mtime_ns == before
 
@@ -86,9 +89,9 @@ def test_rerun_refuses_and_resume_reuses_finished_folds(smoke_run, capsys):
 def test_predict_decodes_videos_and_matches_the_cached_path(smoke_run, demo, tmp_path, capsys):
     runs, run, _ = smoke_run
     out = tmp_path / "pred.csv"
-    assert main(deepfake, ["predict", f"run.root={runs}", "run.name=smoke", f"data.root={demo}", f"out={out}",
+    assert main(deepfake.COMPETITION, ["predict", f"run.root={runs}", "run.name=smoke", f"data.root={demo}", f"out={out}",
                            "progress=false"]) == 0
-    assert "log loss against" in capsys.readouterr().out
+    assert "against the truth in" in capsys.readouterr().out
     predicted = pd.read_csv(out)
     validate_submission(predicted, pd.read_csv(demo / "sample_submission.csv"))
     # on-the-fly decode + detect (predict, the Kaggle kernel) gives what training's cached faces gave
@@ -115,7 +118,7 @@ def test_self_blend_only_trains_on_real_videos(demo, tmp_path, capsys):
     """`blend.mode=only`: no fake video in training, yet a classifier and a valid submission come out."""
     args = ["train", *FAST, "blend.mode=only", "train.epochs=1", f"data.root={demo}", f"run.root={tmp_path}",
             "run.name=sbi", f"data.cache_dir={tmp_path / 'cache'}", "infer.tta_flip=false"]
-    assert main(deepfake, args) == 0
+    assert main(deepfake.COMPETITION, args) == 0
     run = tmp_path / "deepfake" / "sbi"
     n_real = SMALL["n_real"] // 2  # fold 0 of 2 trains on the other half of the groups, reals only
     assert re.search(rf"fold 0: {n_real} training videos \(\d+ crops, real only \+ self-blends\)", capsys.readouterr().out)
@@ -184,7 +187,7 @@ def test_missing_original_is_a_clear_error_or_kept_on_request(demo, tmp_path):
     meta_path.write_text(json.dumps(metadata))
     with pytest.raises(DataError, match=rf"metadata.json.*names original {original}.*missing_original=keep"):
         COMPETITION.read_train(root)
-    kept = COMPETITION.read_train(root, missing_original="keep")
+    kept = COMPETITION.read_train(root, load_config(COMPETITION.config_path, ["video.missing_original=keep"]))
     orphans = kept[kept.original == original]
     assert len(orphans) == SMALL["fakes_per_real"] and (orphans.group == original).all()
 
@@ -220,7 +223,7 @@ def test_aggregation_strategies_on_constructed_frames():
     undecided = np.array([0.9, 0.1, 0.5, 0.6])  # 1 of 4 confident: below the share, plain mean
     assert aggregate(undecided, "confident") == pytest.approx(undecided.mean())
     assert aggregate(swap_in_a_third, "confident", share=0.5) == pytest.approx(swap_in_a_third.mean())
-    with pytest.raises(KeyError, match="unknown aggregation"):
+    with pytest.raises(ConfigError, match="unknown aggregation"):
         aggregate(undecided, "vote")
 
 
@@ -300,6 +303,6 @@ def test_bad_choices_fail_before_any_folder_is_made(tmp_path, capsys):
                               ("blend.mode=sometimes", "blend.mode=sometimes"),
                               ("data.image_size=[64,48]", "face crops are square"),
                               ("infer.aggregation=vote", "infer.aggregation=vote")]:
-        assert main(deepfake, ["train", override, f"run.root={tmp_path}"]) == 2
+        assert main(deepfake.COMPETITION, ["train", override, f"run.root={tmp_path}"]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "deepfake").exists()

@@ -107,22 +107,22 @@ def credentials(monkeypatch):
 def test_kaggle_download_unzips_into_inputs_and_removes_the_zip(fake_kaggle, credentials, tmp_path, monkeypatch,
                                                                capsys):
     monkeypatch.setattr(kaggle, "REPO_ROOT", tmp_path / "repo")
-    dest = tmp_path / "repo" / "inputs" / whales.SLUG
-    assert main(whales, ["download"]) == 0
-    assert fake_kaggle.calls() == [["competitions", "download", "-c", whales.SLUG, "-p", str(dest)]]
+    dest = tmp_path / "repo" / "inputs" / whales.COMPETITION.slug
+    assert main(whales.COMPETITION, ["download"]) == 0
+    assert fake_kaggle.calls() == [["competitions", "download", "-c", whales.COMPETITION.slug, "-p", str(dest)]]
     assert (dest / "train.csv").read_text() == "Image,Id\na.jpg,w_1\n"
     assert (dest / "train" / "a.jpg").is_file() and (dest / "sample_submission.csv").is_file()
     assert not list(dest.glob("*.zip")) and (dest / kaggle.DOWNLOAD_MARKER).exists()
     assert "100%" in capsys.readouterr().out  # the CLI's progress reaches the user
-    assert main(whales, ["download"]) == 0  # already there: kaggle is not asked again
+    assert main(whales.COMPETITION, ["download"]) == 0  # already there: kaggle is not asked again
     assert len(fake_kaggle.calls()) == 1
     assert "already downloaded" in capsys.readouterr().out
 
 
 def test_kaggle_download_into_data_root(fake_kaggle, credentials, tmp_path):
     dest = tmp_path / "elsewhere"
-    assert main(landmarks, ["download", f"data.root={dest}"]) == 0
-    assert fake_kaggle.calls()[0][-2:] == ["-p", str(dest)] and fake_kaggle.calls()[0][3] == landmarks.SLUG
+    assert main(landmarks.COMPETITION, ["download", f"data.root={dest}"]) == 0
+    assert fake_kaggle.calls()[0][-2:] == ["-p", str(dest)] and fake_kaggle.calls()[0][3] == landmarks.COMPETITION.slug
     assert (dest / "train.csv").is_file()
 
 
@@ -130,7 +130,7 @@ def test_kaggle_download_without_credentials_fails_before_calling_kaggle(fake_ka
     config_dir = tmp_path / "empty-config"
     config_dir.mkdir()
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_dir))
-    assert main(whales, ["download", f"data.root={tmp_path / 'data'}"]) == 2
+    assert main(whales.COMPETITION, ["download", f"data.root={tmp_path / 'data'}"]) == 2
     err = capsys.readouterr().err
     assert "no Kaggle credentials" in err and str(config_dir / "kaggle.json") in err
     assert "KAGGLE_USERNAME" in err and "KAGGLE_API_TOKEN" in err
@@ -139,18 +139,18 @@ def test_kaggle_download_without_credentials_fails_before_calling_kaggle(fake_ka
 
 def test_kaggle_download_rules_not_accepted(fake_kaggle, credentials, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_KAGGLE_MODE", "rules")
-    assert main(deepfake, ["download", f"data.root={tmp_path / 'data'}"]) == 2
+    assert main(deepfake.COMPETITION, ["download", f"data.root={tmp_path / 'data'}"]) == 2
     err = capsys.readouterr().err
-    assert f"https://www.kaggle.com/c/{deepfake.SLUG}/rules" in err and "accept" in err
+    assert f"https://www.kaggle.com/c/{deepfake.COMPETITION.slug}/rules" in err and "accept" in err
     assert len(fake_kaggle.calls()) == 1
     assert not (tmp_path / "data" / kaggle.DOWNLOAD_MARKER).exists()
 
 
 def test_kaggle_download_inside_a_kernel_uses_the_attached_data(fake_kaggle, tmp_path, capsys):
-    attached = tmp_path / "kaggle" / "input" / "competitions" / whales.SLUG
+    attached = tmp_path / "kaggle" / "input" / "competitions" / whales.COMPETITION.slug
     attached.mkdir(parents=True)
     (attached / "train.csv").write_text("Image,Id\n")
-    assert main(whales, ["download"]) == 0  # no credentials needed: nothing is downloaded
+    assert main(whales.COMPETITION, ["download"]) == 0  # no credentials needed: nothing is downloaded
     assert fake_kaggle.calls() == [] and str(attached) in capsys.readouterr().out
 
 
@@ -181,8 +181,8 @@ def test_kaggle_credentials_sources(fake_kaggle, tmp_path, monkeypatch):
 FORMATS = {
     "whales": (whales, pd.DataFrame({"Image": ["a.jpg", "b.jpg"], "Id": ["new_whale"] * 2}),
                pd.DataFrame({"Image": ["a.jpg", "b.jpg"], "Id": ["new_whale w_1 w_2 w_3 w_4", "w_1 w_2 w_3 w_4 w_5"]}),
-               pd.DataFrame({"Image": ["a.jpg", "b.jpg"], "Id": ["new_whale w_1 w_2 w_3", "w_1 w_2 w_3 w_4 w_5"]}),
-               "4 labels"),
+               pd.DataFrame({"Image": ["a.jpg", "b.jpg"], "Id": ["new_whale w_1 w_2 w_3 w_4 w_5", "w_1 w_2 w_3 w_4 w_5"]}),
+               "6 labels"),
     "landmarks": (landmarks, pd.DataFrame({"id": ["abc1", "def2"], "landmarks": ["", ""]}),
                   pd.DataFrame({"id": ["abc1", "def2"], "landmarks": ["17 0.9", ""]}),
                   pd.DataFrame({"id": ["abc1", "def2"], "landmarks": ["17", ""]}),
@@ -196,9 +196,9 @@ FORMATS = {
 
 def make_run(runs: Path, module, name: str, submission: pd.DataFrame | None, data_root: Path | None,
              metrics: dict | None = None) -> Path:
-    run = runs / module.NAME / name
+    run = runs / module.COMPETITION.name / name
     (run / "fold0").mkdir(parents=True)
-    save_config(load_config(module.CONFIG_PATH, [f"run.name={name}"]), run / "config.yaml")
+    save_config(load_config(module.COMPETITION.config_path, [f"run.name={name}"]), run / "config.yaml")
     (run / "fold0" / "best.pt").write_bytes(b"weights")
     (run / "fold0" / "classes.json").write_text("[]")
     (run / "fold0" / "embeddings").mkdir()
@@ -223,9 +223,9 @@ def test_kaggle_submit_validates_then_submits(name, fake_kaggle, credentials, tm
     module, sample, valid, _, _ = FORMATS[name]
     root = kaggle_data(tmp_path / "data", sample)
     run = make_run(tmp_path / "runs", module, "r1", valid, root)
-    assert main(module, ["submit", f"run.root={tmp_path / 'runs'}", "run.name=r1"]) == 0
+    assert main(module.COMPETITION, ["submit", f"run.root={tmp_path / 'runs'}", "run.name=r1"]) == 0
     ((*command, message),) = fake_kaggle.calls()
-    assert command == ["competitions", "submit", "-c", module.SLUG, "-f", str(run / "submission.csv"), "-m"]
+    assert command == ["competitions", "submit", "-c", module.COMPETITION.slug, "-f", str(run / "submission.csv"), "-m"]
     assert message == f"{name} run r1: oof_map5 0.6123"
     assert "Successfully submitted" in capsys.readouterr().out
 
@@ -236,7 +236,7 @@ def test_kaggle_submit_refuses_an_invalid_submission_without_calling_kaggle(name
     module, sample, _, invalid, problem = FORMATS[name]
     root = kaggle_data(tmp_path / "data", sample)
     run = make_run(tmp_path / "runs", module, "bad", invalid, root)
-    assert main(module, ["submit", f"run.root={tmp_path / 'runs'}", "run.name=bad"]) == 2
+    assert main(module.COMPETITION, ["submit", f"run.root={tmp_path / 'runs'}", "run.name=bad"]) == 2
     err = capsys.readouterr().err
     assert problem in err and str(run / "submission.csv") in err and "nothing was submitted" in err
     assert fake_kaggle.calls() == []
@@ -247,11 +247,11 @@ def test_kaggle_submit_checks_ids_against_the_sample_and_takes_a_message(fake_ka
     root = kaggle_data(tmp_path / "data", sample)
     make_run(tmp_path / "runs", whales, "r1", valid.assign(Image=["a.jpg", "zzz.jpg"]), root)
     args = ["submit", f"run.root={tmp_path / 'runs'}", "run.name=r1"]
-    assert main(whales, args) == 2
+    assert main(whales.COMPETITION, args) == 2
     assert "unknown (e.g. ['zzz.jpg'])" in capsys.readouterr().err and fake_kaggle.calls() == []
     other = tmp_path / "other.csv"  # e.g. written by `predict out=FILE`
     valid.to_csv(other, index=False)
-    assert main(whales, args + [f"submission={other}", "message=arcface 5 folds"]) == 0
+    assert main(whales.COMPETITION, args + [f"submission={other}", "message=arcface 5 folds"]) == 0
     (call,) = fake_kaggle.calls()
     assert call[call.index("-f") + 1] == str(other) and call[-2:] == ["-m", "arcface 5 folds"]
 
@@ -261,7 +261,7 @@ def test_kaggle_submit_refuses_demo_data(fake_kaggle, credentials, tmp_path, cap
     demo = kaggle_data(tmp_path / "demo", sample)
     (demo / "test_truth.csv").write_text("Image,Id\n")  # only the demo data knows the answers
     make_run(tmp_path / "runs", whales, "r1", valid, demo)
-    assert main(whales, ["submit", f"run.root={tmp_path / 'runs'}", "run.name=r1"]) == 2
+    assert main(whales.COMPETITION, ["submit", f"run.root={tmp_path / 'runs'}", "run.name=r1"]) == 2
     err = capsys.readouterr().err
     assert "demo data" in err and "Kaggle would reject it" in err and fake_kaggle.calls() == []
 
@@ -270,18 +270,18 @@ def test_kaggle_submit_without_credentials_or_rules(fake_kaggle, tmp_path, monke
     module, sample, valid, _, _ = FORMATS["deepfake"]
     make_run(tmp_path / "runs", module, "r1", valid, kaggle_data(tmp_path / "data", sample), {"oof_logloss": 0.3})
     args = ["submit", f"run.root={tmp_path / 'runs'}", "run.name=r1"]
-    assert main(module, args) == 2
+    assert main(module.COMPETITION, args) == 2
     assert "no Kaggle credentials" in capsys.readouterr().err and fake_kaggle.calls() == []
     monkeypatch.setenv("KAGGLE_API_TOKEN", "token")
     monkeypatch.setenv("FAKE_KAGGLE_MODE", "rules")
-    assert main(module, args) == 2
-    assert f"https://www.kaggle.com/c/{module.SLUG}/rules" in capsys.readouterr().err
+    assert main(module.COMPETITION, args) == 2
+    assert f"https://www.kaggle.com/c/{module.COMPETITION.slug}/rules" in capsys.readouterr().err
     assert fake_kaggle.calls()[0][-1] == "deepfake run r1: oof_logloss 0.3000"
 
 
 def test_kaggle_submit_needs_a_sample_to_check_against(fake_kaggle, credentials, tmp_path, capsys):
     make_run(tmp_path / "runs", whales, "r1", FORMATS["whales"][2], None)
-    assert main(whales, ["submit", f"run.root={tmp_path / 'runs'}", "run.name=r1"]) == 2
+    assert main(whales.COMPETITION, ["submit", f"run.root={tmp_path / 'runs'}", "run.name=r1"]) == 2
     assert "no sample_submission.csv" in capsys.readouterr().err and fake_kaggle.calls() == []
 
 
@@ -292,10 +292,10 @@ def test_kaggle_submit_needs_a_sample_to_check_against(fake_kaggle, credentials,
 def test_kaggle_kernel_folder_for_a_competition_without_its_own(module, fake_kaggle, tmp_path):
     runs = tmp_path / "runs"
     run = make_run(runs, module, "k1", None, None)
-    assert main(module, ["kernel", f"run.root={runs}", "run.name=k1", "kernel.username=tester"]) == 0
+    assert main(module.COMPETITION, ["kernel", f"run.root={runs}", "run.name=k1", "kernel.username=tester"]) == 0
     folder = run / "kaggle"
     meta = json.loads((folder / "kernel" / "kernel-metadata.json").read_text())
-    assert meta["id"] == f"tester/{module.NAME}-k1" and meta["competition_sources"] == [module.SLUG]
+    assert meta["id"] == f"tester/{module.COMPETITION.name}-k1" and meta["competition_sources"] == [module.COMPETITION.slug]
     script = (folder / "kernel" / meta["code_file"]).read_text()
     assert kaggle.KERNEL_ENTRY_POINT in script
     for name in ["config.yaml", "metrics.json", "fold0/best.pt", "fold0/classes.json", "dataset-metadata.json"]:
@@ -309,7 +309,7 @@ def test_kaggle_kernel_push_creates_or_versions_datasets_then_pushes(fake_kaggle
     runs = tmp_path / "runs"
     run = make_run(runs, landmarks, "k1", None, None)
     monkeypatch.setenv("FAKE_KAGGLE_EXISTING", "tester/landmarks-k1-code")  # uploaded before: a new version
-    assert main(landmarks, ["kernel", f"run.root={runs}", "run.name=k1", "push=true", "message=v2"]) == 0
+    assert main(landmarks.COMPETITION, ["kernel", f"run.root={runs}", "run.name=k1", "push=true", "message=v2"]) == 0
     folder = run / "kaggle"
     ids = {part: f"tester/landmarks-k1-{part}" for part in ("code", "weights", "wheels")}
     calls = fake_kaggle.calls()
@@ -329,7 +329,7 @@ def test_kaggle_kernel_push_error_reported_with_exit_status_0_fails(fake_kaggle,
     runs = tmp_path / "runs"
     make_run(runs, whales, "k1", None, None)
     monkeypatch.setenv("FAKE_KAGGLE_MODE", "push_error")
-    assert main(whales, ["kernel", f"run.root={runs}", "run.name=k1", "push=true"]) == 2
+    assert main(whales.COMPETITION, ["kernel", f"run.root={runs}", "run.name=k1", "push=true"]) == 2
     assert "kaggle kernels push failed: Kernel push error" in capsys.readouterr().err
     assert fake_kaggle.calls()[-1][:2] == ["kernels", "push"]
 
@@ -337,9 +337,9 @@ def test_kaggle_kernel_push_error_reported_with_exit_status_0_fails(fake_kaggle,
 def test_kaggle_kernel_push_needs_a_user_and_credentials(fake_kaggle, tmp_path, monkeypatch, capsys):
     runs = tmp_path / "runs"
     make_run(runs, whales, "k1", None, None)
-    assert main(whales, ["kernel", f"run.root={runs}", "run.name=k1", "push=true"]) == 2
+    assert main(whales.COMPETITION, ["kernel", f"run.root={runs}", "run.name=k1", "push=true"]) == 2
     assert "kernel.username=NAME" in capsys.readouterr().err
-    assert main(whales, ["kernel", f"run.root={runs}", "run.name=k1", "push=true", "kernel.username=me"]) == 2
+    assert main(whales.COMPETITION, ["kernel", f"run.root={runs}", "run.name=k1", "push=true", "kernel.username=me"]) == 2
     assert "no Kaggle credentials" in capsys.readouterr().err
     assert fake_kaggle.calls() == []
 
@@ -347,18 +347,18 @@ def test_kaggle_kernel_push_needs_a_user_and_credentials(fake_kaggle, tmp_path, 
 def test_kaggle_kernel_predict_runs_the_competitions_predict_on_kaggle_paths(fake_kaggle, tmp_path, monkeypatch):
     """Inside the kernel: data from /kaggle/input/competitions/<slug>, a writable run in /kaggle/temp."""
     run = make_run(tmp_path / "runs", landmarks, "k1", None, None)
-    data = tmp_path / "kaggle" / "input" / "competitions" / landmarks.SLUG
+    data = tmp_path / "kaggle" / "input" / "competitions" / landmarks.COMPETITION.slug
     data.mkdir(parents=True)
     (data / "train.csv").write_text("id,landmark_id\n")
     seen = {}
 
-    def fake_predict(comp, cfg, args):
+    def fake_predict(comp, cfg):
         from common.core.paths import run_dir
 
         seen.update(root=cfg.data.root, out=cfg.out, run=run_dir(cfg, comp.name, create=False))
         (run_dir(cfg, comp.name, create=False) / "predict_embeddings").mkdir()  # predict may write there
 
-    monkeypatch.setitem(landmarks.COMMANDS, "predict", fake_predict)
+    monkeypatch.setattr("common.tasks.engine.predict", fake_predict)
     out = tmp_path / "kaggle" / "working" / "submission.csv"
     assert kaggle.kernel_predict(run, out) == out
     assert seen["root"] == str(data) and seen["out"] == str(out)
@@ -371,22 +371,22 @@ def test_kaggle_kernel_script_predicts_whales_offline_on_a_fake_kaggle(fake_kagg
     """End to end: an (untrained) whale run -> kernel folders -> the script, run against a fake /kaggle."""
     import torch
 
-    from common.engine.build import build_model
+    from common.models.factory import build_model
     from competitions.whales.submission import validate_submission
 
     runs = tmp_path / "runs"
     run = runs / "whales" / "e2e"
     (run / "fold0").mkdir(parents=True)
-    cfg = load_config(whales.CONFIG_PATH, ["preset=smoke", "model.backbone=resnet10t", "run.name=e2e"])
+    cfg = load_config(whales.COMPETITION.config_path, ["preset=smoke", "model.backbone=resnet10t", "run.name=e2e"])
     save_config(cfg, run / "config.yaml")
     classes = sorted(set(pd.read_csv(whale_demo / "train.csv").Id) - {"new_whale"})
     (run / "fold0" / "classes.json").write_text(json.dumps(classes))
     torch.save({"model": build_model(cfg, len(classes)).state_dict()}, run / "fold0" / "best.pt")
     (run / "metrics.json").write_text(json.dumps({"oof_map5": 0.5, "threshold": 0.5}))
-    assert main(whales, ["kernel", f"run.root={runs}", "run.name=e2e", "kernel.username=tester"]) == 0
+    assert main(whales.COMPETITION, ["kernel", f"run.root={runs}", "run.name=e2e", "kernel.username=tester"]) == 0
 
     root = tmp_path / "kaggle"
-    shutil.copytree(whale_demo, root / "input" / whales.SLUG, ignore=shutil.ignore_patterns("test_truth.csv"))
+    shutil.copytree(whale_demo, root / "input" / whales.COMPETITION.slug, ignore=shutil.ignore_patterns("test_truth.csv"))
     shutil.copytree(run / "kaggle" / "code", root / "input" / "whales-e2e-code")  # not the repository's code
     for part in ("weights", "wheels"):
         (root / "input" / f"whales-e2e-{part}").symlink_to(run / "kaggle" / part)

@@ -31,18 +31,19 @@ def run(tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     run = runs / "deepfake" / "k1"
     (run / "fold0").mkdir(parents=True)
-    cfg = load_config(deepfake.CONFIG_PATH, ["preset=smoke", "data.image_size=[32,32]", "video.frames=3",
+    cfg = load_config(deepfake.COMPETITION.config_path, ["preset=smoke", "data.image_size=[32,32]", "video.frames=3",
                                              "model.backbone=resnet10t", "run.name=k1", f"run.root={runs}"])
     save_config(cfg, run / "config.yaml")
     torch.save({"model": build_classifier(cfg).state_dict(), "epoch": 1}, run / "fold0" / "best.pt")
     (run / "calibration.json").write_text(json.dumps({"aggregation": "confident", "temperature": 1.5, "clip_eps": 0.02}))
+    (run / "metrics.json").write_text(json.dumps({"oof_logloss": 0.6, "aggregation": "confident"}))
     return run
 
 
 @pytest.fixture(scope="module")
 def kernel(run) -> Path:
     runs = run.parent.parent
-    assert main(deepfake, ["kernel", f"run.root={runs}", "run.name=k1", "kernel.username=tester"]) == 0
+    assert main(deepfake.COMPETITION, ["kernel", f"run.root={runs}", "run.name=k1", "kernel.username=tester"]) == 0
     return run / "kaggle"
 
 
@@ -137,5 +138,5 @@ def test_script_names_the_datasets_and_entry_point():
 
 def test_kernel_needs_a_finished_run(tmp_path, capsys):
     (tmp_path / "deepfake" / "half").mkdir(parents=True)
-    assert main(deepfake, ["kernel", f"run.root={tmp_path}", "run.name=half"]) == 2
+    assert main(deepfake.COMPETITION, ["kernel", f"run.root={tmp_path}", "run.name=half"]) == 2
     assert "no config.yaml" in capsys.readouterr().err

@@ -13,8 +13,8 @@ import competitions.landmarks as landmarks
 from common.core.cli import main
 from common.core.errors import DataError
 from common.metrics.scores import gap
-from common.tasks.recognition import (NO_CLASS, Neighbours, VoteSettings, distractor_split, find_neighbours, gap_of_codes,
-                                recognition_folds, tune_vote, vote)
+from common.engine.folds import distractor_split, recognition_folds
+from common.retrieval.vote import NO_CLASS, Neighbours, VoteSettings, find_neighbours, gap_of_codes, tune_vote, vote
 from competitions.landmarks.demo import write_demo
 from competitions.landmarks.layout import read_sample_submission, validate_submission
 
@@ -43,14 +43,14 @@ def test_readers_follow_the_layout_and_the_sample_order(tiny_demo):
 def test_submission_is_written_in_sample_order_and_validated(tiny_demo, tmp_path):
     ids = COMP.read_test(tiny_demo).image.tolist()
     labels = ["17", None] + ["42"] * (len(ids) - 2)
-    path = COMP.write_submission(ids, labels, np.linspace(1, 0, len(ids)), tmp_path / "sub.csv", tiny_demo)
+    path = COMP.write_submission(ids, list(zip(labels, np.linspace(1, 0, len(ids)))), tmp_path / "sub.csv", tiny_demo)
     sub = pd.read_csv(path, dtype=str, keep_default_na=False)
     validate_submission(sub, read_sample_submission(tiny_demo))
     assert sub.landmarks[0] == "17 1.000000" and sub.landmarks[1] == ""  # at most one prediction per image
     with pytest.raises(DataError, match="order"):
-        COMP.write_submission(ids[::-1], labels, np.ones(len(ids)), tmp_path / "bad.csv", tiny_demo)
+        COMP.write_submission(ids[::-1], list(zip(labels, np.ones(len(ids)))), tmp_path / "bad.csv", tiny_demo)
     with pytest.raises(DataError, match="not finite"):
-        COMP.write_submission(ids, labels, np.full(len(ids), np.nan), tmp_path / "bad.csv", tiny_demo)
+        COMP.write_submission(ids, list(zip(labels, np.full(len(ids), np.nan))), tmp_path / "bad.csv", tiny_demo)
 
 
 # --- folds -----------------------------------------------------------------------------------------
@@ -152,14 +152,16 @@ def test_vectorised_gap_matches_the_metric():
 
 def test_gallery_index_is_chosen_by_size(monkeypatch):
     built = []
-    real = recognition.build_index
+    import common.retrieval.vote as vote_module
+
+    real = vote_module.build_index
 
     def spy(vectors, **params):
         index = real(vectors, **params)
         built.append(type(index).__name__)
         return index
 
-    monkeypatch.setattr(recognition, "build_index", spy)
+    monkeypatch.setattr(vote_module, "build_index", spy)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(10, 16))
     gallery = (np.repeat(centres, 40, axis=0) + 0.1 * rng.normal(size=(400, 16))).astype(np.float32)
@@ -175,7 +177,7 @@ def test_gallery_index_is_chosen_by_size(monkeypatch):
 
 # --- end to end ----------------------------------------------------------------------------------------
 def _cli(*args):
-    return main(landmarks, list(args))
+    return main(landmarks.COMPETITION, list(args))
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +226,7 @@ def test_predict_on_another_data_root(smoke_run, tmp_path, capsys):
     out = tmp_path / "pred.csv"
     assert _cli("predict", f"run.root={runs}", "run.name=smoke", f"data.root={other}", f"out={out}", "progress=false",
                 f"data.cache_dir={runs / 'cache'}") == 0
-    assert "GAP against" in capsys.readouterr().out
+    assert "against the truth in" in capsys.readouterr().out
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
     validate_submission(sub, read_sample_submission(other))
     answers = {cell.split()[0] for cell in sub.landmarks if cell}
@@ -254,22 +256,23 @@ def test_bad_input_is_reported_with_the_file(tiny_demo, tmp_path, capsys):
 def _config(*overrides):
     from common.core.config import load_config
 
-    return load_config(landmarks.CONFIG_PATH, ["data.num_workers=0", *overrides])
+    return load_config(landmarks.COMPETITION.config_path, ["data.num_workers=0", *overrides])
 
 
 def test_rare_classes_are_sampled_more_than_their_share():
     import torch
     from torch.utils.data import TensorDataset
 
-    from common.tasks.recognition import class_balanced_loader
+    from common.data.loaders import make_loader
 
     y = np.array([0] * 4 + [1] * 1000)
     dataset = TensorDataset(torch.zeros(len(y), 1), torch.as_tensor(y))
-    drawn = np.concatenate([labels.numpy() for _, labels in class_balanced_loader(_config(), dataset, y, seed=0)])
+    drawn = np.concatenate([labels.numpy() for _, labels in make_loader(_config(), dataset, y, seed=0,
+                                                                        default="class_balanced")])
     assert len(y) - 32 < len(drawn) <= len(y)  # one epoch (the last partial batch is dropped)
     share = np.mean(drawn == 0)  # expected 2 / (2 + sqrt(1000)) = 6 % with balance 0.5, not 0.4 %
     assert 0.03 < share < 0.1
-    plain = class_balanced_loader(_config("recognition.balance=0"), dataset, y, seed=0)
+    plain = make_loader(_config("train.sampler=random"), dataset, y, seed=0, default="class_balanced")
     assert np.mean(np.concatenate([labels.numpy() for _, labels in plain]) == 0) < 0.01  # plain shuffling
 
 

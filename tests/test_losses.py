@@ -63,7 +63,7 @@ def test_registry_and_create_loss_from_the_config_section():
     contrastive = create_loss("contrastive", PARAMS)
     assert (contrastive.distance, contrastive.pos_margin, contrastive.neg_margin) == ("cosine", 0.0, 0.5)
     assert create_loss("ntxent", PARAMS).temperature == 0.1
-    with pytest.raises(ValueError, match="unknown loss 'tripplet'"):
+    with pytest.raises(ValueError, match="unknown pair loss 'tripplet'"):
         create_loss("tripplet", PARAMS)
     with pytest.raises(ValueError, match="miner"):
         create_loss("triplet", {**PARAMS, "miner": "hardest"})

@@ -18,7 +18,9 @@ from common.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from common.core.config import load_config
 from common.core.errors import ConfigError
 from common.engine.trainer import train_fold
-from competitions.whales import CONFIG_PATH
+from competitions.whales import COMPETITION
+
+CONFIG_PATH = COMPETITION.config_path
 
 CATS = {281, 282, 283, 284, 285}           # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE = {967, 968, 504}                   # espresso, cup, coffee mug

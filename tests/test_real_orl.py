@@ -9,7 +9,7 @@ import competitions.whales as whales
 def test_orl_smoke_training_beats_trivial_baseline_clearly(shared_data, tmp_path):
     root = write_orl_whale_format(shared_data / "orl_faces", tmp_path / "orl", held_out_subjects=10,
                                   train_per_subject=5, new_whale_train=2, seed=0)
-    code = main(whales, ["train", "preset=smoke", f"data.root={root}", f"run.root={tmp_path / 'runs'}",
+    code = main(whales.COMPETITION, ["train", "preset=smoke", f"data.root={root}", f"run.root={tmp_path / 'runs'}",
                          "run.name=orl", "progress=false", "data.image_size=[56,48]", "augment.train=light",
                          f"data.cache_dir={tmp_path / 'cache'}"])
     assert code == 0

@@ -15,9 +15,9 @@ from common.core.runs import key_metric, list_runs, lower_is_better
 
 
 def fake_run(runs: Path, module, name: str, metrics: dict | None, overrides=(), mtime: float | None = None) -> Path:
-    run = runs / module.NAME / name
+    run = runs / module.COMPETITION.name / name
     run.mkdir(parents=True)
-    save_config(load_config(module.CONFIG_PATH, [f"run.name={name}", *overrides]), run / "config.yaml")
+    save_config(load_config(module.COMPETITION.config_path, [f"run.name={name}", *overrides]), run / "config.yaml")
     if metrics is not None:
         (run / "metrics.json").write_text(json.dumps(metrics))
         if mtime is not None:
@@ -66,7 +66,7 @@ def test_runs_command_prints_the_table(tmp_path, capsys):
     fake_run(tmp_path, whales, "r-low", {"oof_map5": 0.31})
     fake_run(tmp_path, whales, "r-high", {"oof_map5": 0.62, "threshold": 0.5})
     fake_run(tmp_path, whales, "half", None)
-    assert main(whales, ["runs", f"run.root={tmp_path}"]) == 0
+    assert main(whales.COMPETITION, ["runs", f"run.root={tmp_path}"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert "2 finished run(s)" in lines[0] and "higher is better" in lines[0] and "1 unfinished" in lines[0]
@@ -78,5 +78,5 @@ def test_runs_command_prints_the_table(tmp_path, capsys):
 
 
 def test_runs_command_without_runs(tmp_path, capsys):
-    assert main(deepfake, ["runs", f"run.root={tmp_path}"]) == 0
+    assert main(deepfake.COMPETITION, ["runs", f"run.root={tmp_path}"]) == 0
     assert "no finished run" in capsys.readouterr().out

@@ -32,7 +32,7 @@ def tiny_backbone():
 
 def test_registry_names_the_four_tasks_and_rejects_others():
     assert set(PRETEXT) == {"simclr", "rotation", "jigsaw", "micle"}
-    with pytest.raises(ConfigError, match="unknown ssl.method 'colorize'.*jigsaw"):
+    with pytest.raises(ConfigError, match="unknown pretext task 'colorize'.*jigsaw"):
         create_pretext("colorize", tiny_backbone(), (32, 64))
 
 
@@ -141,25 +141,18 @@ def tiny_whales(tmp_path_factory):
     return write_demo(tmp_path_factory.mktemp("ssl_whales"), n_identities=10, n_train=40, n_test=10, progress=False)
 
 
-def whales_with_pretrain():
-    import competitions.whales as whales
-    from common.ssl.pretrain import pretrain_command
-
-    return types.SimpleNamespace(COMPETITION=whales.COMPETITION, COMMANDS={**whales.COMMANDS, "pretrain": pretrain_command})
-
-
 def test_pretrain_smoke_writes_a_backbone_that_train_init_loads(tiny_whales, tmp_path, capsys):
-    from common.engine.build import build_model
+    from common.models.factory import build_model
     from common.core.cli import main
     from common.core.config import load_config
     from common.ssl.pretrain import pretrain
-    from competitions.whales import COMPETITION, CONFIG_PATH
+    from competitions.whales import COMPETITION
 
     args = ["preset=smoke", "ssl.method=micle", "ssl.epochs=1", "ssl.batch_size=16",
             f"data.root={tiny_whales}", f"run.root={tmp_path}", "run.name=ssl", "progress=false",
             "data.num_workers=0", f"data.cache_dir={tmp_path / 'cache'}"]
-    cfg = load_config(CONFIG_PATH, args)
-    cfg.ssl["max_images"] = 30  # an optional key (read with a default when the YAML lacks it)
+    cfg = load_config(COMPETITION.config_path, args)
+    cfg.ssl["max_images"] = 30
     run = pretrain(COMPETITION, cfg)
     assert run == tmp_path / "whales" / "ssl"
     out = capsys.readouterr().out
@@ -172,14 +165,13 @@ def test_pretrain_smoke_writes_a_backbone_that_train_init_loads(tiny_whales, tmp
 
     state = torch.load(run / "backbone.pt", map_location="cpu")
     assert state and all(k.startswith("backbone.") for k in state)
-    model = build_model(load_config(CONFIG_PATH, ["preset=smoke", f"model.init={run / 'backbone.pt'}"]), num_classes=5)
+    model = build_model(load_config(COMPETITION.config_path, ["preset=smoke", f"model.init={run / 'backbone.pt'}"]), num_classes=5)
     loaded = model.backbone.state_dict()
     for key, value in state.items():
         assert torch.equal(loaded[key[len("backbone."):]], value), key
 
-    module = whales_with_pretrain()  # the command line: COMMANDS["pretrain"]
-    assert main(module, ["pretrain", *args]) == 2  # the same run.name again needs resume=true
+    assert main(COMPETITION, ["pretrain", *args]) == 2  # the same run.name again needs resume=true
     assert "already exists" in capsys.readouterr().err
-    assert main(module, ["pretrain", *args, "resume=true"]) == 0  # finished: nothing left to train
+    assert main(COMPETITION, ["pretrain", *args, "resume=true"]) == 0  # finished: nothing left to train
     assert pd.read_csv(run / "log.csv").epoch.tolist() == [1]
     assert json.loads((run / "metrics.json").read_text())["images"] == 30  # the saved config was reused

@@ -8,7 +8,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common.core.config import load_config
 from common.engine.trainer import param_groups, train_fold
-from competitions.whales import CONFIG_PATH
+from competitions.whales import COMPETITION
+
+CONFIG_PATH = COMPETITION.config_path
 
 
 class Tiny(nn.Module):

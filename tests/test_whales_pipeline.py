@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args) -> int:
-    return main(whales, list(args))
+    return main(whales.COMPETITION, list(args))
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +129,9 @@ def test_submission_validation():
     sample = pd.DataFrame({"Image": ["a.jpg", "b.jpg"], "Id": ["new_whale w_1 w_2 w_3 w_4"] * 2})
     good = pd.DataFrame({"Image": ["a.jpg", "b.jpg"], "Id": ["w_1 new_whale w_2 w_3 w_4", "w_9 w_1 w_2 w_3 w_4"]})
     validate_submission(good, sample)
-    with pytest.raises(DataError, match="exactly 5"):
-        validate_submission(good.assign(Id=["w_1 w_2", "w_9 w_1 w_2 w_3 w_4"]), sample)
+    validate_submission(good.assign(Id=["w_1 w_2", "w_9 w_1 w_2 w_3 w_4"]), sample)  # fewer than 5: Kaggle accepts
+    with pytest.raises(DataError, match="6 labels"):
+        validate_submission(good.assign(Id=["w_1 w_2 w_3 w_4 w_5 w_6", "w_9 w_1 w_2 w_3 w_4"]), sample)
     with pytest.raises(DataError, match="repeats a label"):
         validate_submission(good.assign(Id=["w_1 w_1 w_2 w_3 w_4", "w_9 w_1 w_2 w_3 w_4"]), sample)
     with pytest.raises(DataError, match="same order"):

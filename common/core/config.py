@@ -46,6 +46,18 @@ class Config(dict):
             node = node[part]
         return node
 
+    def set_path(self, dotted: str, value: Any) -> None:
+        *parents, leaf = dotted.split(".")
+        node: Any = self
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+
+    @property
+    def command_line_keys(self) -> tuple[str, ...]:
+        """The keys given as `key=value` when this config was loaded (what `predict` checks)."""
+        return self.__dict__.get("_command_line_keys", ())
+
 
 def _all_keys(tree: Mapping, prefix: str = "") -> list[str]:
     keys = []
@@ -141,7 +153,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), defaults: str |
         if key == "preset":
             continue
         set_dotted(raw, key, value, source="command line")
-    return Config(raw)
+    cfg = Config(raw)
+    cfg.__dict__["_command_line_keys"] = tuple(pairs)
+    return cfg
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

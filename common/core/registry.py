@@ -17,12 +17,16 @@ ALL: dict[str, "Registry"] = {}  # kind -> registry, for `validate` and the docs
 
 
 class Registry:
-    """Name -> object. `key` is the config key whose value names an entry (e.g. 'model.head')."""
+    """Name -> object, read like a mapping.
 
-    def __init__(self, kind: str, key: str | None = None, none_allowed: bool = False):
+    `keys` are the config keys whose values name an entry (e.g. 'model.head'); `also` are words
+    those keys accept besides the entries (e.g. 'auto', 'none'), resolved by the code that reads them.
+    """
+
+    def __init__(self, kind: str, keys: tuple[str, ...] = (), also: tuple[str, ...] = ()):
         if kind in ALL:
             raise RuntimeError(f"a registry of {kind} exists already")
-        self.kind, self.key, self.none_allowed = kind, key, none_allowed
+        self.kind, self.keys_in_config, self.also = kind, tuple(keys), tuple(also)
         self._entries: dict[str, Any] = {}
         ALL[kind] = self
 
@@ -40,31 +44,50 @@ class Registry:
         self._entries[name] = obj
 
     def names(self) -> list[str]:
+        """Sorted, for messages."""
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and name in self._entries
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
+        """In registration order (a registry's first entry is its default preference, e.g. on ties)."""
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.get(name)
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
 
     def items(self):
-        return sorted(self._entries.items())
+        return list(self._entries.items())
+
+    def values(self):
+        return [obj for _, obj in self.items()]
 
     def check(self, name: Any, key: str | None = None) -> None:
         """Raise the ConfigError `get` would raise, without returning anything."""
         self.get(name, key)
 
     def get(self, name: Any, key: str | None = None) -> Any:
-        if name in self._entries:
+        if isinstance(name, str) and name in self._entries:
             return self._entries[name]
-        where = key or self.key
-        choices = ", ".join(self.names()) + (", none" if self.none_allowed else "")
+        where = key or (self.keys_in_config[0] if self.keys_in_config else None)
+        choices = [*self.names(), *self.also]
         message = f"unknown {self.kind} '{name}'" + (f" ({where}={name})" if where else "")
-        hint = difflib.get_close_matches(str(name), self.names(), n=1)
-        if hint:
-            message += f"; did you mean '{hint[0]}'?"
-        raise ConfigError(f"{message} Choices: {choices}")
+        hint = difflib.get_close_matches(str(name), choices, n=1)
+        message += f"; did you mean '{hint[0]}'?" if hint else "."
+        raise ConfigError(f"{message} Choices: {', '.join(choices)}")
+
+    def check_value(self, value: Any, key: str) -> None:
+        """A config value for `key`: an entry, or one of the extra words."""
+        if value in self.also or (is_none(value) and "none" in self.also):
+            return
+        self.get(value, key)
 
 
 def is_none(value: Any) -> bool:

@@ -12,15 +12,14 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-PIPELINES: dict[str, Callable[..., list]] = {}
+from common.core.registry import Registry
+
+AUGMENTATIONS = Registry("augmentation", keys=("augment.train", "augment.valid"))
+PIPELINES = AUGMENTATIONS  # the name older code and notebooks use
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def register(name: str):
-    def wrap(fn):
-        PIPELINES[name] = fn
-        return fn
-    return wrap
+register = AUGMENTATIONS.register
 
 
 @register("none")
@@ -57,9 +56,22 @@ def strong(size) -> list:
 
 
 def build_transform(name: str, size, normalize: bool = True) -> A.Compose:
-    if name not in PIPELINES:
-        raise KeyError(f"unknown augmentation pipeline '{name}'; known: {', '.join(sorted(PIPELINES))}")
-    steps = PIPELINES[name](size)
+    steps = AUGMENTATIONS.get(name, "augment.train")(size)
     if normalize:
         steps += [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()]
     return A.Compose(steps)
+
+
+@register("face")
+def face_augment(size) -> list:
+    """Face crops: mirror and light only. No resampling (rotation, scaling), blur or noise: a fake
+    is told apart by its texture (a generator's resampled, blended face), and interpolating a real
+    crop would fake the very artefact the model must learn."""
+    return [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.15, 0.15, p=0.5)]
+
+
+@register("face_geometric")
+def face_geometric_augment(size) -> list:
+    """`face` plus small pose changes (resampled): for real data, where faces are larger than the crop."""
+    return face_augment(size) + [A.Affine(scale=(0.92, 1.08), translate_percent=(-0.04, 0.04), rotate=(-8, 8),
+                                          border_mode=cv2.BORDER_CONSTANT, p=0.5)]

@@ -101,3 +101,44 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
                     available[position] = available[-1]
                     available.pop()
             yield batch
+
+
+class RandomBatchSampler(torch.utils.data.Sampler):
+    """Shuffled global batches, reproducible from (seed, epoch) alone."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, drop_last: bool = True):
+        self.n, self.batch_size, self.seed, self.drop_last, self.epoch = n, batch_size, seed, drop_last, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        for i in range(len(self)):
+            yield order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+
+
+class WeightedBatchSampler(torch.utils.data.Sampler):
+    """n items drawn with replacement in proportion to `weights`, in batches; reproducible from
+    (seed, epoch) alone, so DDP ranks agree on every global batch without communicating."""
+
+    def __init__(self, weights, n: int, batch_size: int, seed: int = 0, drop_last: bool = True):
+        weights = np.asarray(weights, dtype=np.float64)
+        if len(weights) == 0 or not np.isfinite(weights).all() or weights.min() < 0 or weights.sum() <= 0:
+            raise ValueError("WeightedBatchSampler needs finite, non-negative weights with a positive sum")
+        self.p = weights / weights.sum()
+        self.n, self.batch_size, self.seed, self.drop_last, self.epoch = n, batch_size, seed, drop_last, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        drawn = np.random.default_rng([self.seed, self.epoch]).choice(len(self.p), size=self.n, replace=True, p=self.p)
+        for i in range(len(self)):
+            yield drawn[i * self.batch_size:(i + 1) * self.batch_size].tolist()

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+
+_alone = False  # True while the main process runs an `on_main` block: it acts as a single process
 
 
 def rank() -> int:
@@ -21,6 +24,8 @@ def rank() -> int:
 
 
 def world_size() -> int:
+    if _alone:
+        return 1
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
@@ -82,6 +87,25 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def on_main(fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """`fn(*args, **kwargs)` on the main process alone, its result on every process.
+
+    Why: work after a fold's training (embedding everything once, writing caches and out-of-fold
+    files) is cheap next to training and writes files; one process doing it as if it were alone
+    (no sharding, no collectives inside) is simpler and race-free. The others wait.
+    """
+    global _alone
+    result = None
+    if is_main():
+        previous, _alone = _alone, True
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            _alone = previous
+    barrier()
+    return broadcast(result)
+
+
 def shard(n: int) -> np.ndarray:
     """This rank's positions among n items (strided, so shards differ in size by at most one)."""
     return np.arange(rank(), n, world_size())
@@ -118,36 +142,22 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
             yield list(batch)[self.rank::self.world]
 
 
-class RandomBatchSampler(torch.utils.data.Sampler):
-    """Shuffled global batches, reproducible from (seed, epoch) alone."""
-
-    def __init__(self, n: int, batch_size: int, seed: int = 0, drop_last: bool = True):
-        self.n, self.batch_size, self.seed, self.drop_last, self.epoch = n, batch_size, seed, drop_last, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-        for i in range(len(self)):
-            yield order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
-
-
-def wrap_model(model: torch.nn.Module, device: torch.device, sync_bn: bool = False,
-               find_unused: bool = False) -> torch.nn.Module:
+def wrap_model(model: torch.nn.Module, device: torch.device, sync_bn: bool = False) -> torch.nn.Module:
     """DistributedDataParallel when there are several processes; the model itself otherwise.
 
     SyncBatchNorm (`dist.sync_bn=true`) needs CUDA; on CPU each process normalises its own slice.
+    timm's converter keeps the activation of its fused BatchNormAct layers (torch's drops it).
+    `find_unused_parameters`: some backbones hold layers `forward_features` never calls (lcnet's and
+    mobilenetv3's conv_head), and a frozen-backbone warm-up leaves the backbone out of the graph.
     """
     if world_size() == 1:
         return model
     if sync_bn and device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        from timm.layers import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
 def sum_over_ranks(sums: dict[str, float], count: int) -> tuple[dict[str, float], int]:
@@ -155,8 +165,10 @@ def sum_over_ranks(sums: dict[str, float], count: int) -> tuple[dict[str, float]
     if world_size() == 1:
         return sums, count
     keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64, device=on)  # NCCL: CUDA only
     dist.all_reduce(t)
+    t = t.cpu()
     return {k: float(v) for k, v in zip(keys, t[:-1])}, int(t[-1])
 
 

@@ -8,15 +8,17 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from common.engine import distributed
+from common.engine.precision import autocast
 
 
 @torch.no_grad()
 def extract_embeddings(model, dataset: Dataset, *, batch_size: int = 64, device: str | torch.device = "cpu",
                        tta_flip: bool = False, num_workers: int = 0, desc: str = "embed",
-                       progress: bool = True) -> np.ndarray:
+                       progress: bool = True, amp: bool = True) -> np.ndarray:
     """L2-normalised float32 embeddings of every item, in dataset order.
 
     With several processes each embeds a strided shard and the rows are gathered back in order.
+    `amp` follows `train.amp`: embedding runs in the precision the model was trained in.
     """
     model = distributed.unwrap(model).eval()
     n = len(dataset)
@@ -25,10 +27,9 @@ def extract_embeddings(model, dataset: Dataset, *, batch_size: int = 64, device:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=torch.cuda.is_available())
     chunks = []
-    use_amp = torch.device(device).type == "cuda"
     for images, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
         images = images.to(device, non_blocking=True)
-        with torch.autocast("cuda", enabled=use_amp):
+        with autocast(device, amp):  # the precision training used (common.engine.precision)
             emb = F.normalize(model.embed(images).float(), dim=1)
             if tta_flip:
                 emb = F.normalize(emb + F.normalize(model.embed(images.flip(-1)).float(), dim=1), dim=1)

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from common.core.errors import ConfigError
+
 SINGLETON = "__singleton__"
 
 
@@ -62,3 +64,36 @@ def assert_disjoint(train_idx: Sequence[int], val_idx: Sequence[int]) -> None:
     overlap = set(np.asarray(train_idx).tolist()) & set(np.asarray(val_idx).tolist())
     if overlap:
         raise AssertionError(f"fold leak: {len(overlap)} rows in both train and validation")
+
+
+def recognition_folds(labels: Sequence[str], n_folds: int, seed: int = 0) -> np.ndarray:
+    """Recognition folds: per image, or -1 for "always in training" (a class's only image).
+
+    Classes are spread evenly over folds (common.engine.folds' stratified split), so a class with n >= 2
+    images has at most ceil(n / n_folds) of them in any fold and at least one in every fold's
+    training part: validation never asks for a class the fold model has not seen.
+    """
+    if n_folds < 2:
+        raise ConfigError(f"train.folds must be >= 2 for a validation split, got {n_folds}")
+    labels = pd.Series(list(labels), dtype=object)
+    folds = open_set_folds(labels, n_folds, seed, new_label=None)
+    folds[(labels.map(labels.value_counts()) == 1).to_numpy()] = -1
+    for fold in range(n_folds):
+        unseen = set(labels[folds == fold]) - set(labels[folds != fold])
+        if unseen:
+            raise AssertionError(f"fold {fold}: class {sorted(unseen)[0]!r} has no training image")
+    return folds
+
+
+def distractor_split(n: int, fold: int, share: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Which distractors are validation queries in `fold` and which form its reference set.
+
+    A random `share` of them (different per fold) are queries whose right answer is "none of
+    the classes"; the rest are the set the re-ranking compares against. Disjoint, so a query
+    never meets itself in the reference set.
+    """
+    if not 0 <= share < 1:
+        raise ConfigError(f"recognition.val_distractor_share must lie in [0, 1), got {share}")
+    order = np.random.default_rng([seed, fold]).permutation(n)
+    n_queries = int(round(share * n))
+    return np.sort(order[:n_queries]), np.sort(order[n_queries:])

@@ -8,8 +8,7 @@ from the last finished epoch, and one row per epoch in the run's `log.csv`.
 """
 from __future__ import annotations
 
-import json
-import os
+import pickle
 import random
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,10 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from tqdm import tqdm
 
+from common.core.errors import DataError
+from common.core.files import atomic_path, write_json_atomic
 from common.engine import distributed
+from common.engine.precision import autocast, autocast_dtype
 
 
 def seed_everything(seed: int) -> None:
@@ -32,7 +34,7 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
+    # PYTHONHASHSEED cannot take effect once Python runs; nothing here depends on str hashing order.
 
 
 def pick_device(cfg) -> torch.device:
@@ -75,6 +77,11 @@ def tensorboard_writer(log_dir: Path):
     return SummaryWriter(log_dir=str(log_dir))
 
 
+def _plain(value):
+    """numpy scalars -> Python numbers: the history is stored in a weights-only checkpoint."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def append_log(log_path: Path, row: dict) -> None:
     if not distributed.is_main():
         return
@@ -105,26 +112,24 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
                                        warmup_epochs=t.warmup_epochs, warmup_lr=t.lr * 0.01,
                                        min_lr=t.lr * t.get("min_lr_ratio", 0.01), step_on_epochs=False,
                                        updates_per_epoch=updates_per_epoch)
-    amp = device.type == "cuda" and t.get("amp", True)
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    amp_dtype = autocast_dtype(device, bool(t.amp))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     start_epoch, best_score, best_epoch, history = 0, None, -1, []
     last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
     distributed.barrier()
     if last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=False)
+        state = load_checkpoint(last_path, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_score, best_epoch, history = (state["epoch"] + 1, state["best_score"],
                                                          state["best_epoch"], state["history"])
-        torch.set_rng_state(state["rng_cpu"])
+        torch.set_rng_state(state["rng_cpu"].cpu())  # map_location moved it to the device
         print(f"fold {fold}: resuming after epoch {state['epoch']} (best {monitor}={best_score})", flush=True)
 
     core = model
-    model = distributed.wrap_model(core, device, sync_bn=bool(cfg.dist.get("sync_bn", False)),
-                                   find_unused=int(t.get("freeze_epochs", 0)) > 0)
+    model = distributed.wrap_model(core, device, sync_bn=bool(cfg.dist.sync_bn))
     better = (lambda a, b: b is None or a > b) if mode == "max" else (lambda a, b: b is None or a < b)
     freeze_epochs = int(t.get("freeze_epochs", 0))
     board = tensorboard_writer(log_path.parent / "tensorboard" / f"fold{fold}")
@@ -145,7 +150,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
                    disable=not cfg.get("progress", True) or not main)
         for step, (images, labels) in enumerate(bar):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            with autocast(device, bool(t.amp)):
                 output = model(images, labels)
             loss, parts = loss_fn(output, labels)
             if not torch.isfinite(loss):
@@ -166,7 +171,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
             bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
         sums, seen = distributed.sum_over_ranks(sums, seen)
         train_seconds = time.time() - started
-        metrics = distributed.broadcast(evaluate(core))
+        metrics = {k: _plain(v) for k, v in distributed.broadcast(evaluate(core)).items()}
         row = {"fold": fold, "epoch": epoch + 1,
                **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
                **metrics, "lr": optimizer.param_groups[0]["lr"], "frozen": frozen,
@@ -175,7 +180,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         if better(score, best_score):
             best_score, best_epoch = score, epoch + 1
             if main:
-                torch.save({"model": core.state_dict(), "epoch": epoch + 1, monitor: score}, best_path)
+                save_checkpoint({"model": core.state_dict(), "epoch": epoch + 1, monitor: score}, best_path)
         history.append(row)
         append_log(log_path, row)
         if board is not None:
@@ -187,7 +192,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
               + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
               + f"  lr {row['lr']:.2e}  {row['seconds']:.0f}s", flush=True)
         if main:
-            torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
+            save_checkpoint({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict(), "epoch": epoch, "best_score": best_score,
                         "best_epoch": best_epoch, "history": history, "rng_cpu": torch.get_rng_state()}, last_path)
         distributed.barrier()
@@ -195,12 +200,28 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         board.close()
     result = FoldResult(fold, best_epoch, float(best_score), history)
     if main:
-        (fold_dir / "done.json").write_text(json.dumps({"fold": fold, "best_epoch": best_epoch, monitor: best_score}))
+        write_json_atomic(fold_dir / "done.json", {"fold": fold, "best_epoch": best_epoch, monitor: best_score})
     distributed.barrier()
     return result
 
 
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Atomically: the previous checkpoint survives until the new one is complete."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """Tensors, numbers and strings only (`weights_only=True`): a checkpoint cannot run code on load."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{path}: not a plain tensor checkpoint, refused (loading it would need pickle: "
+                        f"{str(exc).splitlines()[0]})") from None
+    except (EOFError, RuntimeError) as exc:
+        raise DataError(f"{path}: unreadable checkpoint ({exc.__class__.__name__}: {exc})") from None
+
+
 def load_best(model: nn.Module, fold_dir: Path, device: torch.device | str = "cpu") -> nn.Module:
-    state = torch.load(fold_dir / "best.pt", map_location=device, weights_only=False)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(load_checkpoint(fold_dir / "best.pt", device)["model"])
     return model.to(device).eval()

@@ -6,7 +6,7 @@ exits with a help text when there are no credentials), while a subprocess can be
 *before* the CLI runs, so a user gets one clear line instead of the CLI's help page, and a refusal
 because the competition's rules were not accepted is recognised and explained with the rules' URL.
 
-Commands (registered for every competition in `common.core.cli.GENERIC_COMMANDS`):
+Commands (registered for every competition in `common.core.cli.COMMANDS`):
 
     download                            kaggle competitions download -> inputs/<slug>/ (unzipped)
     submit run.name=NAME [message=...]  validate the run's submission.csv, then kaggle competitions submit
@@ -18,7 +18,6 @@ the run in the weights dataset predicts the competition's test set (found under 
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import os
@@ -42,19 +41,10 @@ DEMO_MARKER = "test_truth.csv"  # the demo data's answers: Kaggle's own data nev
 
 # What `kernel` copies into the weights dataset for a competition that does not list its own
 # (`WEIGHT_FILES` in its module): what `predict` reads from a finished run.
-DEFAULT_WEIGHT_FILES = ("config.yaml", "metrics.json", "fold*/best.pt", "fold*/classes.json")
-KERNEL_ENTRY_POINT = "common.kaggle.commands:kernel_predict"  # used unless the competition module has `kaggle_predict`
+KERNEL_ENTRY_POINT = "common.kaggle.commands:kernel_predict"  # what the kernel script calls
 DATASET_PARTS = ("code", "weights", "wheels")  # the datasets of a kernel folder (common.kaggle.kernel)
 DATASET_READY_TIMEOUT_S = 900
 DATASET_POLL_S = 10
-
-# Submission checks used when the competition object has no `validate_submission_file(path, root)`:
-# each is "module:function" called as function(frame, sample) and raising DataError.
-SUBMISSION_VALIDATORS = {
-    "whales": "competitions.whales.submission:validate_submission",
-    "landmarks": "competitions.landmarks.layout:validate_submission",
-    "deepfake": "competitions.deepfake.submission:validate_submission",
-}
 
 # How a refusal because the rules were not accepted reads in the CLI's output (1.x and 2.x wordings).
 _RULES_REFUSAL = re.compile(r"403\s*(-|Client Error)|Forbidden|must accept|accept (its|this competition's) rules",
@@ -270,23 +260,29 @@ def check_against_sample(frame, sample, where: str) -> None:
 
 
 def validate_submission_file(comp, path: Path, root: Path) -> None:
-    """The competition's own check (`comp.validate_submission_file`, else SUBMISSION_VALIDATORS) after the
-    generic one; raises DataError naming the file."""
-    if hasattr(comp, "validate_submission_file"):
-        comp.validate_submission_file(Path(path), Path(root))
-        return
+    """The generic check against sample_submission.csv, then the competition's own
+    (`comp.validate_submission`); raises DataError naming the file."""
     sample_path = Path(root) / "sample_submission.csv"
     if not sample_path.is_file():
         raise DataError(f"{sample_path}: file not found (needed to check {path})")
     frame, sample = _read_table(Path(path)), _read_table(sample_path)
     check_against_sample(frame, sample, str(path))
-    spec = SUBMISSION_VALIDATORS.get(comp.name)
-    if spec:
-        module_name, function = spec.split(":")
-        try:
-            getattr(importlib.import_module(module_name), function)(frame, sample)
-        except DataError as exc:
-            raise DataError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
+    try:
+        comp.validate_submission(_typed(frame), sample, str(path))
+    except DataError as exc:
+        raise DataError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
+
+
+def _typed(frame):
+    """Numeric columns back as numbers (the file was read as text for the id checks)."""
+    import pandas as pd
+
+    out = frame.copy()
+    for column in out.columns[1:]:
+        numbers = pd.to_numeric(out[column], errors="coerce")
+        if numbers.notna().all():
+            out[column] = numbers
+    return out
 
 
 def submit_command(comp, cfg, args) -> Path:
@@ -329,23 +325,16 @@ def default_message(comp, cfg, metrics: dict) -> str:
 # --- kernel ---------------------------------------------------------------------------------
 
 
-def _competition_module(comp):
-    return importlib.import_module(type(comp).__module__)
-
-
 def kernel_command(comp, cfg, args) -> Path:
     """`kernel run.name=NAME [push=true] [kernel.username=USER] [kernel.wheels=true]`.
 
     Builds the folders of `common.kaggle.kernel` under <run>/kaggle/ (kernel, code, weights, wheels); the
-    kernel calls the competition module's `kaggle_predict` if it has one, else `kernel_predict` here.
-    With push=true the three datasets are created (or versioned) and the kernel pushed.
+    kernel imports the competition's package and calls `kernel_predict` here, which runs the same
+    `predict` as a local run. With push=true the three datasets are created (or versioned) and the kernel pushed.
     """
     from common.kaggle.kernel import build_kernel_for_run
 
-    module = _competition_module(comp)
-    entry_point = f"{module.__name__}:kaggle_predict" if hasattr(module, "kaggle_predict") else KERNEL_ENTRY_POINT
-    weights = tuple(getattr(module, "WEIGHT_FILES", DEFAULT_WEIGHT_FILES))
-    folder = build_kernel_for_run(comp, cfg, entry_point=entry_point, weights=weights)
+    folder = build_kernel_for_run(comp, cfg, entry_point=KERNEL_ENTRY_POINT, weights=comp.weight_files)
     if cfg.get("push"):
         push_kernel_folder(folder, message=cfg.get("message") or f"{comp.name} run {cfg.run.name}")
     return folder
@@ -427,16 +416,15 @@ def link_run(weights_dir: Path, run: Path) -> Path:
 def kernel_predict(weights_dir: Path, out: Path) -> Path:
     """Kernel entry point for any competition: the run in `weights_dir` (its config.yaml names the
     competition) predicts the test set under /kaggle/input/<slug> into `out`, with /kaggle/temp as scratch."""
-    from competitions import load
-
+    from common.core.competition import COMPETITIONS
     from common.core.config import load_config, read_saved_config
+    from common.tasks.engine import predict
 
     weights_dir = Path(weights_dir)
     saved = read_saved_config(weights_dir / "config.yaml")
     if not saved.get("competition"):
         raise DataError(f"{weights_dir / 'config.yaml'}: no `competition` key: which competition is this run for?")
-    module = load(saved.competition)
-    comp = module.COMPETITION
+    comp = COMPETITIONS.get(saved.competition, "competition in config.yaml")  # the kernel script imported it
     roots = [d for d in kaggle_input_dirs(comp.slug) if _non_empty(d)]
     if not roots:
         raise DataError(f"no competition data in {' or '.join(map(str, kaggle_input_dirs(comp.slug)))}: "
@@ -444,10 +432,9 @@ def kernel_predict(weights_dir: Path, out: Path) -> Path:
     runs_root = kaggle_root() / "temp" / "runs"
     name = str(saved.get("run", {}).get("name") or "kernel")
     link_run(weights_dir, runs_root / comp.name / name)
-    cfg = load_config(comp.config_path)
-    cfg.run.root, cfg.run.name = str(runs_root), name
-    cfg.data.root, cfg.out, cfg.progress = str(roots[0]), str(out), False
+    cfg = load_config(comp.config_path, [f"run.root={runs_root}", f"run.name={name}", f"data.root={roots[0]}",
+                                          f"out={out}", "progress=false"])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     print(f"{comp.name}: run {name} from {weights_dir} predicts {roots[0]} -> {out}", flush=True)
-    module.COMMANDS["predict"](comp, cfg, [])
+    predict(comp, cfg)
     return Path(out)

@@ -25,22 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES: dict[str, type[nn.Module]] = {}
+from common.core.registry import Registry
+
+LOSSES = Registry("pair loss", keys=("model.loss",), also=("none",))
 
 # sqrt has an infinite derivative at 0 (identical embeddings): squared distances are floored here.
 _SQRT_EPS = 1e-12
 
 
-def register_loss(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator adding a loss to ``LOSSES`` under ``name``."""
-
-    def add(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in LOSSES:
-            raise ValueError(f"loss {name!r} is registered twice")
-        LOSSES[name] = cls
-        return cls
-
-    return add
+register_loss = LOSSES.register
 
 
 def create_loss(name: str, params: Mapping) -> nn.Module:
@@ -48,9 +41,7 @@ def create_loss(name: str, params: Mapping) -> nn.Module:
 
     ``params["weight"]`` is not used here: the trainer multiplies the loss by it.
     """
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
-    return LOSSES[name].from_params(params)
+    return LOSSES.get(name, "model.loss").from_params(params)
 
 
 # ----------------------------------------------------------------------------- distances
@@ -76,19 +67,17 @@ def _l2_distance(unit: torch.Tensor) -> torch.Tensor:
     return _squared_l2_distance(unit).clamp(min=_SQRT_EPS).sqrt()
 
 
-DISTANCES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "cosine": _cosine_distance,
-    "l2": _l2_distance,
-    "squared_l2": _squared_l2_distance,
-}
+DISTANCES = Registry("distance", keys=("loss.distance",))
+DISTANCES.add("cosine", _cosine_distance)
+DISTANCES.add("l2", _l2_distance)
+DISTANCES.add("squared_l2", _squared_l2_distance)
 
 
 def pairwise_distance(embeddings: torch.Tensor, distance: str) -> torch.Tensor:
     """``[B, B]`` distances between the L2-normalised embeddings (float32 or wider)."""
-    if distance not in DISTANCES:
-        raise ValueError(f"unknown distance {distance!r}; choose one of {sorted(DISTANCES)}")
+    measure = DISTANCES.get(distance, "loss.distance")
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        return DISTANCES[distance](_unit_float(embeddings))
+        return measure(_unit_float(embeddings))
 
 
 def label_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,11 +146,10 @@ def mine_batch_hard(dist: torch.Tensor, labels: torch.Tensor, margin: float) -> 
     return anchor, hardest_positive[anchor], hardest_negative[anchor]
 
 
-MINERS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], Triplets]] = {
-    "all": mine_all,
-    "semi_hard": mine_semi_hard,
-    "batch_hard": mine_batch_hard,
-}
+MINERS = Registry("triplet miner", keys=("loss.miner",))
+MINERS.add("all", mine_all)
+MINERS.add("semi_hard", mine_semi_hard)
+MINERS.add("batch_hard", mine_batch_hard)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -179,8 +167,7 @@ class ContrastiveLoss(nn.Module):
 
     def __init__(self, distance: str = "cosine", pos_margin: float = 0.0, neg_margin: float = 0.5, reduction: str = "nonzero"):
         super().__init__()
-        if distance not in DISTANCES:
-            raise ValueError(f"unknown loss.distance {distance!r}; choose one of {sorted(DISTANCES)}")
+        DISTANCES.check(distance, "loss.distance")
         self.distance, self.pos_margin, self.neg_margin = distance, float(pos_margin), float(neg_margin)
         self.reduction = _check_reduction(reduction)
 
@@ -217,10 +204,8 @@ class TripletLoss(nn.Module):
 
     def __init__(self, margin: float = 0.2, miner: str = "semi_hard", distance: str = "squared_l2", reduction: str = "nonzero"):
         super().__init__()
-        if miner not in MINERS:
-            raise ValueError(f"unknown loss.miner {miner!r}; choose one of {sorted(MINERS)}")
-        if distance not in DISTANCES:
-            raise ValueError(f"unknown distance {distance!r}; choose one of {sorted(DISTANCES)}")
+        MINERS.check(miner, "loss.miner")
+        DISTANCES.check(distance, "loss.distance")
         self.margin, self.miner, self.distance = float(margin), miner, distance
         self.reduction = _check_reduction(reduction)
 

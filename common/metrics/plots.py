@@ -74,3 +74,33 @@ def roc_curve_plot(fpr, tpr, auc: float, path: Path) -> None:
     ax.set_title("verification ROC (all validation pairs)")
     ax.legend(loc="lower right")
     _save(fig, path)
+
+
+def penalty_curve(table: pd.DataFrame, chosen, baseline: float, path: Path) -> None:
+    no_penalty = (table.query_penalty == 0) & (table.gallery_penalty == 0)
+    same = table[(table.k == chosen.k) & (table.gallery_penalty == chosen.gallery_penalty)
+                 & ((table.topm == chosen.topm) | no_penalty)].sort_values("query_penalty")
+    threshold_curve(same.query_penalty.to_numpy(), same.gap.to_numpy(), chosen.query_penalty, baseline, path,
+                          metric="GAP", what=f"query penalty x distractor similarity (k={chosen.k}, "
+                                             f"gallery penalty {chosen.gallery_penalty})")
+
+
+def confidence_histograms(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], is_distractor: np.ndarray,
+                          path: Path) -> None:
+    """Per panel (title, confidences, answer is right): confidence of right answers, wrong answers on
+    members and answers on distractors. GAP wants the first group above the other two; re-ranking
+    should push the distractors down."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (title, conf, correct) in zip(axes[0], panels):
+        groups = [("right class", correct & ~is_distractor), ("wrong class", ~correct & ~is_distractor),
+                  ("distractor", is_distractor)]
+        bins = np.linspace(float(np.min(conf)), float(np.max(conf)) + 1e-6, 40)
+        for name, mask in groups:
+            if mask.any():
+                ax.hist(conf[mask], bins=bins, alpha=0.55, label=f"{name} ({mask.sum()})")
+        ax.set_title(f"OOF confidence {title}")
+        ax.set_xlabel("confidence")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

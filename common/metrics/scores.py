@@ -72,7 +72,27 @@ def _is_missing(value) -> bool:
         return False
 
 
-def gap(pred_labels: Sequence, confidences: Sequence[float], true_labels: Sequence) -> float:
+def _id_ranks(ids: Sequence, n: int) -> np.ndarray:
+    """The ascending-order rank of every query id (ids distinct and present, one per image)."""
+    if isinstance(ids, str) or len(ids) != n:
+        raise ValueError(f"gap: ids must hold one id per image ({n}), got {len(ids)}")
+    values = np.empty(n, dtype=object)
+    values[:] = list(ids)
+    missing = [i for i, v in enumerate(values) if _is_missing(v)]
+    if missing:
+        raise ValueError(f"gap: query id at position {missing[0]} is missing ({values[missing[0]]!r})")
+    try:
+        uniques, ranks = np.unique(values, return_inverse=True)
+    except TypeError as exc:  # e.g. a mix of strings and numbers
+        raise ValueError(f"gap: query ids cannot be ordered ({exc})") from None
+    if len(uniques) != n:
+        counts = np.bincount(ranks.ravel(), minlength=len(uniques))
+        first = int(np.flatnonzero(counts[ranks.ravel()] > 1)[0])
+        raise ValueError(f"gap: query id {values[first]!r} appears more than once")
+    return ranks.ravel()
+
+
+def gap(pred_labels: Sequence, confidences: Sequence[float], true_labels: Sequence, *, ids: Sequence | None = None) -> float:
     """Global Average Precision (micro AP) of the Landmark Recognition challenge.
 
     Each image gets at most one prediction ``(label, confidence)``. All predictions are sorted by
@@ -84,8 +104,13 @@ def gap(pred_labels: Sequence, confidences: Sequence[float], true_labels: Sequen
       and takes a rank (lowers the precision of everything ranked below it).
     * A missing prediction (label None / NaN / '') costs nothing, but a landmark image without a
       prediction still counts in ``M``.
-    * Ties in confidence keep the input order (stable sort), so the result is deterministic.
-      Kaggle does not document its tie rule; submit distinct confidences to avoid depending on it.
+    * Ties in confidence are broken by query id, ascending, when ``ids`` (one id per image, e.g.
+      the submission's ``id`` column) is given: Kaggle's convention, as written in Google's
+      reference ``GlobalAveragePrecision`` (tensorflow/models, delf/.../metrics.py: "first by score
+      (descending); then by key (ascending)"). Ids must be distinct and not missing, and compare
+      as Python values do (strings by code point, numbers numerically). Without ``ids`` the
+      image's position is the tiebreak (stable sort), which equals Kaggle's rule when the images
+      are listed in ascending id order.
     """
     n = len(true_labels)
     if len(pred_labels) != n or len(confidences) != n:
@@ -107,7 +132,10 @@ def gap(pred_labels: Sequence, confidences: Sequence[float], true_labels: Sequen
     correct = np.array(
         [truth_is_landmark[i] and pred_labels[i] == true_labels[i] for i in rows], dtype=np.float64
     )
-    order = np.argsort(-conf, kind="stable")
+    if ids is None:
+        order = np.argsort(-conf, kind="stable")
+    else:
+        order = np.lexsort((_id_ranks(ids, n)[rows], -conf))  # last key first: confidence, then id
     correct = correct[order]
     precision_at_rank = np.cumsum(correct) / np.arange(1, len(correct) + 1)
     return float(np.sum(precision_at_rank * correct) / n_landmark_images)
@@ -119,7 +147,10 @@ def gap(pred_labels: Sequence, confidences: Sequence[float], true_labels: Sequen
 def log_loss(y_true, p, eps: float = 1e-15) -> float:
     """Binary log loss as scored by DFDC: probabilities are clipped to ``[eps, 1 - eps]``.
 
-    ``y_true`` holds 0/1 labels (1 = fake), ``p`` the predicted probability of 1.
+    ``y_true`` holds 0/1 labels (1 = fake), ``p`` the predicted probability of 1. Only values
+    inside ``[0, 1]`` are clipped (as Kaggle does, so 0 and 1 cost ``-log(eps)`` when wrong); a
+    value outside ``[0, 1]``, NaN or inf is not a probability and raises ``ValueError`` (clipping
+    it would hide a bug upstream, e.g. a logit passed where a probability belongs).
     """
     y = np.asarray(y_true, dtype=np.float64).ravel()
     prob = np.asarray(p, dtype=np.float64).ravel()
@@ -129,8 +160,13 @@ def log_loss(y_true, p, eps: float = 1e-15) -> float:
         raise ValueError("log_loss: no samples")
     if not np.all(np.isin(y, (0.0, 1.0))):
         raise ValueError("log_loss: y_true must contain only 0 and 1")
-    if not np.all(np.isfinite(prob)):
-        raise ValueError("log_loss: probabilities contain NaN or inf")
+    if np.isnan(prob).any():
+        raise ValueError(f"log_loss: probability at position {int(np.flatnonzero(np.isnan(prob))[0])} is NaN")
+    outside = (prob < 0.0) | (prob > 1.0)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise ValueError(f"log_loss: probability {float(prob[i])!r} at position {i} is outside [0, 1] "
+                         f"({int(outside.sum())} such value(s))")
     prob = np.clip(prob, eps, 1.0 - eps)
     return float(-np.mean(y * np.log(prob) + (1.0 - y) * np.log(1.0 - prob)))
 

@@ -35,19 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEADS: dict[str, type[nn.Module]] = {}
+from common.core.registry import Registry
 
-
-def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator adding a head to ``HEADS`` under ``name``."""
-
-    def add(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in HEADS:
-            raise ValueError(f"head {name!r} is registered twice")
-        HEADS[name] = cls
-        return cls
-
-    return add
+HEADS = Registry("head", keys=("model.head",), also=("none",))
+register_head = HEADS.register
 
 
 def create_head(
@@ -61,9 +52,7 @@ def create_head(
 
     ``class_counts[c]`` (images of class c in the training fold) is needed only by dynamic margins.
     """
-    if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; choose one of {sorted(HEADS)}")
-    return HEADS[name].from_params(in_features, num_classes, params, class_counts)
+    return HEADS.get(name, "model.head").from_params(in_features, num_classes, params, class_counts)
 
 
 def _full_precision(tensor: torch.Tensor) -> torch.autocast:

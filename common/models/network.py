@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from common.models import backbones as _backbones  # noqa: F401  (registers the small CPU backbones with timm)
 from common.core.errors import ConfigError
+from common.core.registry import Registry
 
 
 class GeM(nn.Module):
@@ -33,7 +34,7 @@ class GeM(nn.Module):
 
 
 # `model.pretrained` values other than false/true/file path: name -> function(backbone_name) -> weights file.
-PRETRAINED_SOURCES: dict[str, Callable[[str], Path]] = {}
+PRETRAINED_SOURCES = Registry("pretrained-weights source")
 
 
 def create_backbone(name: str, pretrained: bool | str = False, in_chans: int = 3) -> nn.Module:

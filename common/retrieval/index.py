@@ -228,20 +228,34 @@ def rank_classes(
 # --------------------------------------------------------------------------------------------
 # Open set: the "new identity" label
 # --------------------------------------------------------------------------------------------
+def _is_padding(label) -> bool:
+    """True for what stands in for "no label": None (rank_classes' padding), NaN / pandas NA (the
+    same padding after a DataFrame round trip) and the empty string."""
+    if label is None:
+        return True
+    if isinstance(label, str):
+        return label == ""
+    try:
+        return bool(pd.isna(label))
+    except (TypeError, ValueError):  # array-like: not a label we know how to read, keep it
+        return False
+
+
 def _known_entries(row_labels: Sequence, row_scores: Sequence[float], new_label: str, k: int):
     """The first ``k`` distinct known labels of a row and their scores.
 
     A label list shorter than its score row (padding stripped, e.g. after a CSV round trip) is
     fine: the extra scores are ignored.
 
-    Padding (None) and any ``new_label`` already present are dropped: where the new label goes
-    is decided by the threshold alone. NaN scores are treated as +inf (never "below threshold").
+    Padding (None, NaN, pandas NA, '': see :func:`_is_padding`) and any ``new_label`` already
+    present are dropped: where the new label goes is decided by the threshold alone. NaN scores
+    are treated as +inf (never "below threshold").
     """
     if len(row_labels) > len(row_scores):  # fewer labels is fine: padding may have been stripped
         raise ValueError(f"a row has {len(row_labels)} labels but only {len(row_scores)} scores")
     labels, scores, seen = [], [], set()
     for label, score in zip(row_labels, row_scores):
-        if label is None or label == new_label or label in seen:
+        if _is_padding(label) or label == new_label or label in seen:
             continue
         seen.add(label)
         labels.append(label)
@@ -264,13 +278,15 @@ def insert_new_class(
 ) -> list[list[str]]:
     """Insert ``new_label`` before the first known label whose score is below ``threshold``.
 
-    Per query: the known labels (padding ``None`` and any existing ``new_label`` removed, first
-    occurrence kept) are cut to ``k``; ``new_label`` goes at the first rank whose score is
-    ``< threshold``. If all ``k`` known scores are ``>= threshold``, ``new_label`` is dropped;
-    if there are fewer than ``k`` known labels and none is below the threshold, ``new_label``
-    fills the next free rank. The result has exactly ``k`` distinct labels when at least ``k``
-    known labels exist (``min(k, known + 1)`` otherwise). ``threshold=+inf`` puts ``new_label``
-    first everywhere; ``-inf`` never puts it ahead of a known label.
+    Per query: the known labels (padding ``None`` / NaN / '' and any existing ``new_label``
+    removed, first occurrence kept) are cut to ``k``; ``new_label`` goes at the first rank whose
+    score is ``< threshold``. If all ``k`` known scores are ``>= threshold``, ``new_label`` is
+    dropped; if there are fewer than ``k`` known labels and none is below the threshold,
+    ``new_label`` fills the next free rank. Every list holds real labels only (never the padding
+    of :func:`rank_classes`), distinct, between 1 and ``k`` of them: exactly ``k`` when at least
+    ``k`` known labels exist, ``known + 1`` otherwise (a query whose neighbours hold fewer than
+    ``k`` identities gets a shorter answer, which Kaggle's MAP@5 accepts). ``threshold=+inf``
+    puts ``new_label`` ahead of every finite score; ``-inf`` never puts it ahead of a known label.
     """
     scores = np.asarray(scores, dtype=np.float64)
     if len(labels) != len(scores):
@@ -288,16 +304,18 @@ def insert_new_class(
 def _default_thresholds(prefix_min: np.ndarray, max_candidates: int = 2048) -> np.ndarray:
     """Candidate thresholds that cover every distinct outcome (or quantiles when too many).
 
-    MAP@k only changes when the threshold crosses a score, so the distinct finite scores plus
-    one value above the largest cover all outcomes.
+    A threshold ``t`` puts ``new_label`` before the first known score ``< t``, so the outcome
+    only changes when ``t`` crosses a score: it is constant on ``(s_{j-1}, s_j]`` between
+    consecutive distinct finite scores, where ``s_j`` stands for the interval. The two ends are
+    the exact extremes: ``-inf`` ("never ahead of a known label"; it differs from the smallest
+    score when a known label scores ``-inf``) and ``+inf`` ("ahead of every finite score", the
+    outcome of every ``t`` above the largest score, and the one that still holds on new data
+    whose scores are larger).
     """
     finite = np.unique(prefix_min[np.isfinite(prefix_min)])
-    if finite.size == 0:
-        return np.array([0.0])
-    if finite.size > max_candidates - 1:
-        finite = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, max_candidates - 1)))
-    above_all = np.nextafter(finite[-1], np.inf)
-    return np.append(finite, above_all)
+    if finite.size > max_candidates - 2:
+        finite = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, max_candidates - 2)))
+    return np.concatenate([[-np.inf], finite, [np.inf]])
 
 
 def tune_threshold(
@@ -311,9 +329,10 @@ def tune_threshold(
     """MAP@k of :func:`insert_new_class` for every threshold at once; returns the best.
 
     Returns ``(best_threshold, best_map, thresholds, map_curve)`` with thresholds sorted
-    ascending; ties in MAP go to the smallest threshold. By default the thresholds are every
-    distinct score that can matter plus one above them all (quantiles when there are more than
-    2048), so the best value on this data is exact.
+    ascending; ties in MAP go to the smallest threshold. By default the thresholds are ``-inf``,
+    every distinct finite score that can matter and ``+inf`` (the finite ones replaced by
+    quantiles when there are more than 2046), so the best value on this data is exact: every
+    threshold, infinite ones included, gives the MAP of one of the candidates.
 
     How it is vectorised: per image, ``r`` is the 0-based rank of the true label among the known
     labels (or absent) and ``p(t)`` the insertion rank of ``new_label`` = the number of leading

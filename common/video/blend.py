@@ -21,10 +21,9 @@ wash out the boundary the model must learn.
 """
 from __future__ import annotations
 
-import os
-
 import cv2
 import numpy as np
+from torch.utils.data import get_worker_info
 
 
 def _odd(value: float) -> int:
@@ -118,14 +117,36 @@ def self_blend(face: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
     return blend(source, face, mask), mask.astype(np.float32)
 
 
+def _rank() -> int:
+    """This process's rank in a torch.distributed job (0 when there is none)."""
+    try:
+        import torch.distributed as dist
+
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    except (ImportError, RuntimeError):
+        return 0
+
+
 class SelfBlendAugment:
     """With probability ``p``, replace a real face by its self-blend and label it fake.
 
     Called albumentations-style: ``aug(image=img) -> {"image", "label", "mask"}`` where
     ``label`` is 1 for a self-blend, 0 otherwise, and ``mask`` is the blend mask (zeros if
-    untouched), usable as an auxiliary target.  Each DataLoader worker process gets its own
-    random stream (seeded from ``seed`` and the process id), so forked workers do not all
-    produce the same blends.
+    untouched), usable as an auxiliary target.
+
+    Randomness comes from ``seed`` (the run seed) alone, so a run is reproducible:
+
+    * outside DataLoader workers, the stream is ``np.random.default_rng(seed)``;
+    * in DataLoader worker ``w`` (``torch.utils.data.get_worker_info().id``), the first call
+      switches to the stream ``SeedSequence(seed, spawn_key=(w,))`` - the ``w``-th child
+      ``SeedSequence(seed).spawn`` would give - so forked workers do not all produce the same
+      blends, yet worker ``w`` produces the same ones in every run with this seed. Under
+      torch.distributed with several processes the rank joins the key, ``(rank, w)``.
+
+    The process id plays no part. Workers are expected to persist across epochs (the training
+    loaders use ``persistent_workers``); re-created workers start their streams again. With
+    ``seed=None`` the main process draws fresh entropy and each worker uses torch's per-worker
+    seed (``get_worker_info().seed``).
     """
 
     def __init__(self, p: float = 0.5, seed: int | None = None):
@@ -133,14 +154,27 @@ class SelfBlendAugment:
             raise ValueError(f"p must be in [0, 1], got {p}")
         self.p = p
         self.seed = seed
-        self._pid = os.getpid()
+        self._stream_key: tuple[int, ...] | None = None  # the worker the stream was derived for
+        self._rank = _rank()  # workers started by spawn do not see the process group
         self.rng = np.random.default_rng(seed)
 
+    def _worker_stream(self) -> np.random.Generator:
+        info = get_worker_info()
+        if info is None:
+            return self.rng  # main process (num_workers=0): the stream seeded in __init__
+        rank = _rank() or self._rank
+        key = (int(info.id),) if rank == 0 else (rank, int(info.id))
+        if key != self._stream_key:  # first call in this worker (its copy still has the parent's key)
+            self._stream_key = key
+            if self.seed is None:
+                self.rng = np.random.default_rng(np.random.SeedSequence(int(info.seed) % 2 ** 64))
+            else:
+                self.rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=key))
+        return self.rng
+
     def __call__(self, *, image: np.ndarray) -> dict:
-        if os.getpid() != self._pid:  # running in a forked worker: give it its own stream
-            self._pid = os.getpid()
-            self.rng = np.random.default_rng(None if self.seed is None else [self.seed, self._pid])
-        if self.rng.random() < self.p:
-            fake, mask = self_blend(image, self.rng)
+        rng = self._worker_stream()
+        if rng.random() < self.p:
+            fake, mask = self_blend(image, rng)
             return {"image": fake, "label": 1, "mask": mask}
         return {"image": image, "label": 0, "mask": np.zeros(image.shape[:2], np.float32)}

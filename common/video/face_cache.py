@@ -5,12 +5,16 @@ Why: decoding a video and finding its faces costs far more than one training ste
 per video and setting, and stores each video's crops as a uint8 `.npy` (memory-mapped when
 read back) next to a `.json` with the frame index, face index and detector score of every crop.
 The `.json` is written last and atomically: its presence marks the video done, so an interrupted
-`detect` continues where it stopped. A video that cannot be read is recorded as such (its
-`.json` holds the error) and is not retried.
+`detect` continues where it stopped. A video that cannot be decoded (the reader's `VideoReadError`,
+or any other `DataError`) is recorded as such (its `.json` holds the error) and is not retried.
+Any other exception (MemoryError, KeyboardInterrupt, an OSError of a failing disk or network
+share, a bug) is transient as far as the cache knows: nothing is recorded for that video, the
+exception propagates once the videos already being processed are finished, and the next
+`detect` retries it. Entries recorded by older versions with such an error are retried too.
 
 Cache folder: `<cache root>/<competition>/faces/<settings hash>/<video folder>/<name>-<hash>.npy`;
-the settings hash covers everything that changes the crops (frames, detector, margin, size,
-mode), the file hash covers the video's path, size and modification time.
+the settings hash covers everything that changes the crops (frames, video backend, detector,
+margin, size, mode), the file hash covers the video's path, size and modification time.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,11 +31,15 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from common.core.errors import ConfigError
+from common.core.errors import ConfigError, DataError
 from common.video.faces import EXTRACT_MODES, FALLBACK_SCORE, MissingWeightsError, create_detector, extract_faces
 from common.video.frames import BACKENDS, read_frames
 
 CNN_DETECTORS = ("yunet", "ssd")  # `faces.detector=auto` takes the first whose weights are found
+# What a recorded error may be: a video that cannot be decoded, for good. Names, as stored in the
+# `.json` ("VideoReadError: ..."), so entries of older versions can be told apart.
+PERMANENT_ERRORS = (DataError,)
+PERMANENT_ERROR_NAMES = ("VideoReadError", "DataError")
 
 
 @dataclass
@@ -98,8 +106,10 @@ class FaceExtractor:
                    detector=cfg.faces.detector, weights_dir=cfg.faces.get("weights_dir"), backend=cfg.video.backend)
 
     def settings(self) -> dict:
+        """Everything that changes the crops; its hash names the cache folder. The backend belongs
+        here: OpenCV and PyAV do not decode (convert to RGB) every video to the same pixels."""
         return {"frames": self.frames, "size": self.size, "margin": self.margin, "mode": self.mode,
-                "detector": self.detector_name}
+                "detector": self.detector_name, "backend": self.backend}
 
     def read(self, path: str | Path) -> np.ndarray:
         """The sampled frames (raises `VideoReadError` naming the file)."""
@@ -118,8 +128,17 @@ class FaceExtractor:
 
 def _write_atomic(path: Path, write) -> None:
     partial = path.with_name(path.name + f".tmp{os.getpid()}-{threading.get_ident()}")
-    write(partial)
-    os.replace(partial, path)
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a half-written file (disk full, interrupt) is not left behind
+        raise
+
+
+def _is_permanent(error: str | None) -> bool:
+    """Whether a recorded error (``"<ExceptionName>: message"``) is a decode failure, kept for good."""
+    return error is None or error.split(":", 1)[0].strip() in PERMANENT_ERROR_NAMES
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -152,7 +171,16 @@ class FaceCache:
         return self.directory / path.parent.name / f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
     def is_done(self, path: str | Path) -> bool:
-        return self._base(path).with_suffix(".json").exists()
+        """True once the video's crops, or its decode failure, are recorded. An entry that records
+        any other (transient) error, as older versions did, does not count: it is retried."""
+        file = self._base(path).with_suffix(".json")
+        if not file.exists():
+            return False
+        try:
+            meta = json.loads(file.read_text())
+        except (OSError, ValueError):  # unreadable entry: redo it
+            return False
+        return _is_permanent(meta.get("error"))
 
     def _extractor(self) -> FaceExtractor:
         """One extractor per thread: detectors are not guaranteed to be thread-safe."""
@@ -168,10 +196,17 @@ class FaceCache:
         base = self._base(path)
         base.parent.mkdir(parents=True, exist_ok=True)
         meta = {"source": str(Path(path).resolve()), "settings": self.extractor.settings(), "error": None}
+        # Only a decode failure is recorded (and never retried). Anything else (MemoryError,
+        # KeyboardInterrupt, an OSError of the disk, a bug) propagates and nothing is written, so
+        # the next `detect` retries the video.
         try:
             faces = self._extractor()(path)
-        except Exception as exc:  # noqa: BLE001 - any failure is recorded and reported, never fatal here
-            meta["error"] = f"{exc.__class__.__name__}: {exc}"
+        except PERMANENT_ERRORS as exc:
+            name = exc.__class__.__name__ if exc.__class__.__name__ in PERMANENT_ERROR_NAMES else "DataError"
+            meta["error"] = f"{name}: {exc}"
+        except BaseException as exc:
+            exc.add_note(f"while detecting faces in {path} (not recorded in the face cache: retried next time)")
+            raise
         else:
             _write_atomic(base.with_suffix(".npy"), lambda p: _save_npy(p, faces.crops))
             meta.update(frame_idx=faces.frame_idx.tolist(), face_idx=faces.face_idx.tolist(),
@@ -180,13 +215,22 @@ class FaceCache:
         return meta["error"]
 
     def build(self, paths: Sequence[str | Path], desc: str = "detect faces") -> dict[str, str]:
-        """Detect and crop every video not cached yet; returns {path: error} for unreadable videos."""
+        """Detect and crop every video not cached yet; returns {path: error} for undecodable videos.
+
+        A transient failure on one video (anything but a `DataError`) is raised once the videos
+        being processed are finished; queued ones are not started, and nothing is recorded for
+        the failed one, so calling `build` again continues and retries it."""
         paths = [str(p) for p in paths]
         todo = [p for p in paths if not self.is_done(p)]
         if todo:
-            with ThreadPoolExecutor(self.workers) as pool:
-                list(tqdm(pool.map(self._detect_one, todo), total=len(todo), desc=f"{desc} ({len(paths) - len(todo)} cached)",
-                          disable=not self.progress))
+            pool = ThreadPoolExecutor(self.workers)
+            try:
+                futures = [pool.submit(self._detect_one, p) for p in todo]
+                for future in tqdm(as_completed(futures), total=len(todo),
+                                   desc=f"{desc} ({len(paths) - len(todo)} cached)", disable=not self.progress):
+                    future.result()  # a transient failure propagates (after the running videos finish)
+            finally:  # on failure or interrupt, do not start the videos still queued
+                pool.shutdown(wait=True, cancel_futures=True)
         return {p: error for p in paths if (error := self.error(p))}
 
     def meta(self, path: str | Path) -> dict:

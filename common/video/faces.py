@@ -25,6 +25,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from common.core.registry import Registry
+
 WEIGHTS_ENV_VAR = "FACE_DETECTOR_DIR"
 
 
@@ -219,18 +221,15 @@ class YuNetDetector:
         return yunet_output_to_boxes(faces, back)
 
 
-DETECTORS: dict[str, type] = {
-    "haar": HaarDetector,
-    "ssd": SsdResNetDetector,
-    "yunet": YuNetDetector,
-}
+DETECTORS = Registry("face detector", keys=("faces.detector",), also=("auto",))
+DETECTORS.add("haar", HaarDetector)
+DETECTORS.add("ssd", SsdResNetDetector)
+DETECTORS.add("yunet", YuNetDetector)
 
 
 def create_detector(name: str, **kwargs) -> FaceDetector:
     """Build a detector by registry name, e.g. ``create_detector("yunet", weights_dir=...)``."""
-    if name not in DETECTORS:
-        raise ValueError(f"unknown face detector {name!r}; choose from {sorted(DETECTORS)}")
-    return DETECTORS[name](**kwargs)
+    return DETECTORS.get(name, "faces.detector")(**kwargs)
 
 
 # --- crops ----------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from tqdm import tqdm
 
 from common.core.config import read_saved_config
 from common.core.errors import DataError
+from common.core.registry import Registry
+from common.engine.precision import autocast
 from common.video.face_cache import FaceExtractor, VideoFaces
 from common.models.network import GeM, create_backbone
 
@@ -61,7 +63,7 @@ def build_classifier(cfg, pretrained=None) -> FrameClassifier:
     """The network of `cfg.model`; `pretrained=False` when fold weights will be loaded anyway."""
     m = cfg.model
     backbone = create_backbone(m.backbone, m.pretrained if pretrained is None else pretrained)
-    return FrameClassifier(backbone, gem_p=m.gem_p, dropout=m.get("dropout", 0.0))
+    return FrameClassifier(backbone, gem_p=m.gem_p, dropout=m.dropout)
 
 
 def to_tensor(crops: np.ndarray, device) -> torch.Tensor:
@@ -74,16 +76,16 @@ def to_tensor(crops: np.ndarray, device) -> torch.Tensor:
 
 @torch.no_grad()
 def crop_logits(models: Sequence[nn.Module], crops: np.ndarray, *, device, batch_size: int = 64,
-                tta_flip: bool = False) -> np.ndarray:
-    """Mean logit over models (and mirrors) for each crop: float32 [n]."""
+                tta_flip: bool = False, amp: bool = True) -> np.ndarray:
+    """Mean logit over models (and mirrors) for each crop: float32 [n], in the precision training
+    used (`train.amp`, common.engine.precision)."""
     out = np.zeros(len(crops), np.float32)
-    amp = torch.device(device).type == "cuda"
     for start in range(0, len(crops), batch_size):
         x = to_tensor(crops[start:start + batch_size], device)
         total = torch.zeros(len(x), device=device)
         for model in models:
             model.eval()
-            with torch.autocast("cuda", enabled=amp):
+            with torch.no_grad(), autocast(device, amp):
                 total += model(x)["logits"].float()
                 if tta_flip:
                     total += model(x.flip(-1))["logits"].float()
@@ -137,11 +139,10 @@ def aggregate_confident(p: np.ndarray, *, threshold: float = 0.8, share: float =
     return float(p.mean())
 
 
-AGGREGATIONS: dict[str, Callable[..., float]] = {
-    "mean": aggregate_mean,
-    "median": aggregate_median,
-    "confident": aggregate_confident,
-}
+AGGREGATIONS = Registry("aggregation", keys=("infer.aggregation",), also=("auto",))
+AGGREGATIONS.add("mean", aggregate_mean)
+AGGREGATIONS.add("median", aggregate_median)
+AGGREGATIONS.add("confident", aggregate_confident)
 
 
 def aggregation_params(infer_cfg) -> dict:
@@ -152,11 +153,10 @@ def aggregation_params(infer_cfg) -> dict:
 
 
 def aggregate(frame_probs: np.ndarray, strategy: str, **params) -> float:
-    if strategy not in AGGREGATIONS:
-        raise KeyError(f"unknown aggregation '{strategy}'; known: {', '.join(AGGREGATIONS)}")
+    fn = AGGREGATIONS.get(strategy, "infer.aggregation")
     if len(frame_probs) == 0:
         return UNKNOWN
-    return AGGREGATIONS[strategy](np.asarray(frame_probs, np.float64), **params)
+    return fn(np.asarray(frame_probs, np.float64), **params)
 
 
 def calibrate(p, temperature: float = 1.0, eps: float = 0.0) -> np.ndarray:
@@ -186,20 +186,27 @@ class VideoPredictor:
         self.failures: list[str] = []  # videos answered UNKNOWN
 
     @classmethod
-    def load(cls, weights_dir: str | Path, *, device=None, progress: bool = True) -> "VideoPredictor":
-        """From a folder holding config.yaml, calibration.json and fold*/best.pt (a run directory)."""
+    def load(cls, weights_dir: str | Path, fold_dirs: Sequence[Path] | None = None, *, device=None,
+             progress: bool = True) -> "VideoPredictor":
+        """From a folder holding config.yaml, calibration.json and the fold models (a run directory):
+        `fold_dirs`, else the run's `train.run_folds`."""
+        from common.engine.trainer import load_checkpoint
+
         weights_dir = Path(weights_dir)
         if not (weights_dir / "config.yaml").is_file():
             raise DataError(f"{weights_dir}: no config.yaml (not a run directory or weights dataset)")
         cfg = read_saved_config(weights_dir / "config.yaml")
-        checkpoints = sorted(weights_dir.glob("fold*/best.pt"))
-        if not checkpoints:
-            raise DataError(f"{weights_dir}: no trained fold (fold*/best.pt)")
+        if fold_dirs is None:
+            folds = cfg.train.run_folds if cfg.train.run_folds is not None else range(cfg.train.folds)
+            fold_dirs = [weights_dir / f"fold{f}" for f in folds]
+        checkpoints = [Path(d) / "best.pt" for d in fold_dirs]
+        missing = [str(c) for c in checkpoints if not c.is_file()]
+        if missing:
+            raise DataError(f"{weights_dir}: no trained model in {', '.join(missing)}")
         models = []
         for checkpoint in checkpoints:
             model = build_classifier(cfg, pretrained=False)
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-            model.load_state_dict(state["model"])
+            model.load_state_dict(load_checkpoint(checkpoint)["model"])
             models.append(model)
         calibration_file = weights_dir / "calibration.json"
         calibration = json.loads(calibration_file.read_text()) if calibration_file.is_file() else None
@@ -215,7 +222,7 @@ class VideoPredictor:
 
     def crop_probabilities(self, crops: np.ndarray) -> np.ndarray:
         logits = crop_logits(self.models, crops, device=self.device, batch_size=int(self.cfg.infer.batch_size),
-                             tta_flip=bool(self.cfg.infer.tta_flip))
+                             tta_flip=bool(self.cfg.infer.tta_flip), amp=bool(self.cfg.train.amp))
         return sigmoid(logits)
 
     def raw_probability(self, faces: VideoFaces, strategy: str | None = None) -> float:
@@ -247,19 +254,3 @@ class VideoPredictor:
 
     def predict(self, paths: Sequence[str | Path], desc: str = "predict videos") -> np.ndarray:
         return np.array([self.predict_video(p) for p in tqdm(list(paths), desc=desc, disable=not self.progress)])
-
-
-def predict_submission(comp, weights_dir: str | Path, data_root: str | Path, out: str | Path, *,
-                       device=None, progress: bool = True) -> Path:
-    """Read the competition's test videos under data_root, predict each, write a validated submission."""
-    data_root = Path(data_root)
-    test = comp.read_test(data_root)
-    predictor = VideoPredictor.load(weights_dir, device=device, progress=progress)
-    print(f"{comp.name}: {len(test)} test videos from {data_root}; {len(predictor.models)} fold model(s) on "
-          f"{predictor.device}; aggregation {predictor.calibration['aggregation']}, temperature "
-          f"{predictor.calibration['temperature']:.3f}, clip eps {predictor.calibration['clip_eps']}", flush=True)
-    probabilities = predictor.predict(test.path)
-    if predictor.failures:
-        print(f"warning: {len(predictor.failures)} unreadable video(s) answered {UNKNOWN}: "
-              f"{', '.join(Path(p).name for p in predictor.failures[:5])}", flush=True)
-    return comp.write_submission(test.video.tolist(), probabilities, Path(out), data_root)

@@ -5,19 +5,18 @@ flow (`common.tasks.video`: folds grouped by original video, frame classifier, p
 aggregation, calibration tuned on out-of-fold log loss), the one inference path used by `predict`
 and by the offline Kaggle kernel (`common.video.inference`), and the kernel folder (`common.kaggle.kernel`).
 
-The competition object plugs into those modules with: name, slug, config_path, write_demo(root),
-read_train(root, missing_original) -> [video, path, label (1 = fake), group], read_test(root) ->
-[video, path], read_truth(root) -> [video, label] | None, write_submission(videos, probs, path, root).
+The competition object follows `common.core.competition.Competition` (task `video`).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from common.core.cli import lazy_command
+from common.core.competition import COMPETITIONS, Competition
 from common.data.images import check_files_exist
 from common.core.errors import ConfigError, DataError
 from common.data.tables import read_csv_columns
@@ -40,17 +39,20 @@ def _read_metadata(path: Path) -> dict:
     return data
 
 
-class Deepfake:
-    name, slug, config_path = NAME, SLUG, CONFIG_PATH
+class Deepfake(Competition):
+    """<folder>/metadata.json + mp4s for training, test_videos/, submission `filename,label` (P(FAKE))."""
 
-    @staticmethod
-    def write_demo(root) -> Path:
+    name, slug, task = NAME, SLUG, "video"
+    config_path = CONFIG_PATH
+    weight_files = ("config.yaml", "metrics.json", "calibration.json", "fold*/best.pt")
+    commands = {"detect": "common.tasks.video:detect"}  # fill the face cache alone
+
+    def write_demo(self, root) -> Path:
         from .demo import write_demo
 
         return write_demo(root)
 
-    @staticmethod
-    def read_train(root: Path, missing_original: str = "error") -> pd.DataFrame:
+    def read_train(self, root: Path, cfg: Any = None) -> pd.DataFrame:
         """Every `<folder>/metadata.json` under root (train_sample_videos/, dfdc_train_part_<k>/).
 
         Returns columns video, path, label (1 = FAKE), original, group: a fake is grouped with the
@@ -59,6 +61,7 @@ class Deepfake:
         kept and grouped under the missing original's name (`keep`; Kaggle's 400-video sample lacks
         many originals).
         """
+        missing_original = cfg.video.missing_original if cfg is not None else "error"
         if missing_original not in MISSING_ORIGINAL:
             raise ConfigError(f"video.missing_original={missing_original!r}; choose from {', '.join(MISSING_ORIGINAL)}")
         files = sorted(p for p in Path(root).glob("*/metadata.json") if p.parent.name != TEST_DIR)
@@ -88,8 +91,7 @@ class Deepfake:
         check_files_exist(frame.path, files[0] if len(files) == 1 else f"{root}/*/metadata.json")
         return frame
 
-    @staticmethod
-    def read_test(root: Path) -> pd.DataFrame:
+    def read_test(self, root: Path) -> pd.DataFrame:
         """Test videos in sample_submission.csv's order (or sorted, without one)."""
         folder = Path(root) / TEST_DIR
         if not folder.is_dir():
@@ -105,8 +107,7 @@ class Deepfake:
         check_files_exist(frame.path, sample if sample.exists() else folder)
         return frame
 
-    @staticmethod
-    def read_truth(root: Path) -> pd.DataFrame | None:
+    def read_truth(self, root: Path) -> pd.DataFrame | None:
         """test_truth.csv (`filename,label`, 1 = fake) of the demo data; None on Kaggle's data."""
         path = Path(root) / "test_truth.csv"
         if not path.exists():
@@ -117,40 +118,13 @@ class Deepfake:
             raise DataError(f"{path}: label must be 0 or 1")
         return pd.DataFrame({"video": table.filename.astype(str), "label": labels.astype(int)})
 
-    @staticmethod
-    def write_submission(videos, probabilities, path: Path, root: Path | None) -> Path:
+    def submission_frame(self, ids: Sequence[str], answers: Sequence[float]) -> pd.DataFrame:
+        return pd.DataFrame({"filename": list(ids), "label": np.asarray(answers, dtype=np.float64)})
+
+    def validate_submission(self, frame: pd.DataFrame, sample: pd.DataFrame | None, where: str) -> None:
         from .submission import validate_submission
 
-        frame = pd.DataFrame({"filename": list(videos), "label": np.asarray(probabilities, dtype=np.float64)})
-        sample = Path(root) / "sample_submission.csv" if root is not None else None
-        validate_submission(frame, pd.read_csv(sample) if sample is not None and sample.exists() else None,
-                            where=str(path))
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path, index=False)
-        return Path(path)
+        validate_submission(frame, sample, where=where)
 
 
-COMPETITION = Deepfake()
-# What a trained run must hand to the kernel: the resolved config, the tuned post-processing, each fold's model.
-WEIGHT_FILES = ("config.yaml", "calibration.json", "fold*/best.pt")
-
-
-def kaggle_predict(weights_dir: Path, out: Path) -> Path:
-    """The Kaggle kernel's entry point: the competition's test videos -> out (submission.csv)."""
-    from common.video.inference import predict_submission
-    from common.core.paths import kaggle_input_dirs
-
-    roots = [d for d in kaggle_input_dirs(SLUG) if (d / TEST_DIR).is_dir()]
-    if not roots:
-        raise DataError(f"no {TEST_DIR}/ in {' or '.join(map(str, kaggle_input_dirs(SLUG)))}: "
-                        f"attach the {SLUG} competition data to the kernel")
-    return predict_submission(COMPETITION, weights_dir, roots[0], out)
-
-
-# `kernel` is the generic common.kaggle.commands command: it finds kaggle_predict and WEIGHT_FILES above.
-COMMANDS = {
-    "demo-data": lazy_command("common.core.cli:demo_data"),
-    "detect": lazy_command("common.tasks.video:detect", takes_args=False),
-    "train": lazy_command("common.tasks.video:train", takes_args=False),
-    "predict": lazy_command("common.tasks.video:predict", takes_args=False),
-}
+COMPETITION = COMPETITIONS.register("deepfake")(Deepfake())

@@ -1,6 +1,6 @@
 import sys
 
-import competitions.deepfake as module
 from common.core.cli import main
+from competitions.deepfake import COMPETITION
 
-sys.exit(main(module, sys.argv[1:]))
+sys.exit(main(COMPETITION, sys.argv[1:]))

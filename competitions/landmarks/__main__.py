@@ -1,6 +1,6 @@
 import sys
 
-import competitions.landmarks as module
 from common.core.cli import main
+from competitions.landmarks import COMPETITION
 
-sys.exit(main(module, sys.argv[1:]))
+sys.exit(main(COMPETITION, sys.argv[1:]))

@@ -18,6 +18,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 try:  # the shared error type, when the core provides it
@@ -93,22 +94,72 @@ def read_sample_submission(root: str | Path) -> pd.DataFrame:
     return _read_csv(Path(root) / SAMPLE_SUBMISSION_CSV, SUBMISSION_COLUMNS)
 
 
-def format_prediction(landmark_id: int, confidence: float) -> str:
-    """One submission cell: ``"<landmark_id> <confidence>"``."""
-    if int(landmark_id) != landmark_id or landmark_id < 0:
+def _landmark_int(landmark_id) -> int:
+    """``landmark_id`` as a non-negative int, or `DataError` naming it.
+
+    Accepted: integers (Python or numpy), integral finite floats (``7.0``) and decimal digit
+    strings (``"7"``). Anything else (``3.5``, ``"abc"``, None, NaN, a bool) is refused.
+    """
+    value = None
+    if isinstance(landmark_id, (bool, np.bool_)):
+        value = None
+    elif isinstance(landmark_id, (int, np.integer)):
+        value = int(landmark_id)
+    elif isinstance(landmark_id, (float, np.floating)):
+        if math.isfinite(landmark_id) and float(landmark_id).is_integer():
+            value = int(landmark_id)
+    elif isinstance(landmark_id, str):
+        if re.fullmatch(r"\d+", landmark_id.strip()):
+            value = int(landmark_id.strip())
+    if value is None or value < 0:
         raise DataError(f"landmark id {landmark_id!r} is not a non-negative integer")
-    if not math.isfinite(confidence):
-        raise DataError(f"confidence {confidence!r} for landmark {landmark_id} is not finite")
-    return f"{int(landmark_id)} {float(confidence):.6f}"
+    return value
+
+
+def _confidence_text(confidence) -> str:
+    """The shortest decimal text that reads back as exactly ``confidence``, at least 6 decimals.
+
+    Distinct values stay distinct (and keep their order) in the file, which GAP ranks by: a
+    fixed ``%.6f`` would merge values that differ beyond the 6th decimal into ties. numpy's
+    "unique" digits are those of the value's own type (float32 or float64); positional notation
+    (never an exponent) keeps the cell readable by any parser.
+    """
+    value = confidence if isinstance(confidence, np.floating) else np.float64(confidence)
+    return np.format_float_positional(value, unique=True, trim="k", min_digits=6)
+
+
+def format_prediction(landmark_id: int, confidence: float) -> str:
+    """One submission cell: ``"<landmark_id> <confidence>"``.
+
+    The confidence is written round-trip exact (``float(text) == confidence``; see
+    `_confidence_text`), e.g. ``"12 0.500000"``, ``"12 0.12345678"``. A landmark id that is not a
+    non-negative integer, or a confidence that is not a finite number, raises `DataError`.
+    """
+    value = _landmark_int(landmark_id)
+    try:
+        finite = math.isfinite(confidence)
+    except TypeError:
+        finite = False
+    if not finite or isinstance(confidence, (bool, np.bool_)):
+        raise DataError(f"confidence {confidence!r} for landmark {value} is not finite (a number is required)")
+    return f"{value} {_confidence_text(confidence)}"
 
 
 def validate_submission(df: pd.DataFrame, sample_df: pd.DataFrame) -> None:
-    """Raise `DataError` unless `df` has the sample's ids in its order and well-formed cells.
+    """Raise `DataError` unless `df` has unique ids, the sample's ids in its order and well-formed cells.
 
     A cell is empty (or NaN: no landmark predicted) or exactly one ``"<int> <float>"`` pair.
+    Duplicate ids are refused whatever `sample_df` is (a writer without a sample file passes
+    the frame's own ids as `sample_df`).
     """
     if list(df.columns) != list(SUBMISSION_COLUMNS):
         raise DataError(f"submission: columns {list(df.columns)}, expected {list(SUBMISSION_COLUMNS)}")
+    duplicated = df["id"].astype(str).duplicated(keep="first").to_numpy().nonzero()[0]
+    if len(duplicated):
+        i = duplicated[0]
+        first = (df["id"].astype(str).to_numpy() == str(df["id"].iloc[i])).nonzero()[0][0]
+        raise DataError(f"submission: {len(duplicated)} duplicated id(s), first {str(df['id'].iloc[i])!r} "
+                        f"at rows {first} and {i}; each image must appear once")
     if len(df) != len(sample_df):
         raise DataError(f"submission: {len(df)} rows, the sample submission has {len(sample_df)}")
     ids, expected = df["id"].astype(str).to_numpy(), sample_df["id"].astype(str).to_numpy()

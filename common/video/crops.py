@@ -1,0 +1,29 @@
+"""Cached face crops as a training dataset (optionally self-blended into pseudo-fakes)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from common.video.blend import SelfBlendAugment
+from common.video.face_cache import CropReader
+
+
+class FaceCropDataset(Dataset):
+    """Cached crops `(video, k)` with their video's label; optionally self-blended into fakes first."""
+
+    def __init__(self, reader: CropReader, items: np.ndarray, labels: np.ndarray, transform,
+                 blend: SelfBlendAugment | None = None):
+        self.reader, self.items, self.labels = reader, np.asarray(items), np.asarray(labels, np.float32)
+        self.transform, self.blend = transform, blend
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        video, k = (int(v) for v in self.items[i])
+        image, label = self.reader(video, k), float(self.labels[i])
+        if self.blend is not None and label == 0.0:  # only real faces become self-blended fakes
+            out = self.blend(image=image)
+            image, label = out["image"], float(out["label"])
+        return self.transform(image=image)["image"], torch.tensor(label, dtype=torch.float32)

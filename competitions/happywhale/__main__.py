@@ -1,0 +1,6 @@
+import sys
+
+from common.core.cli import main
+from competitions.happywhale import COMPETITION
+
+sys.exit(main(COMPETITION, sys.argv[1:]))

@@ -45,7 +45,7 @@ case "$cmd" in
     exec "$PY" -m pytest tests "$@" ;;
   bench)
     shift; setup_python
-    exec "$PY" -m common.bench "$@" ;;
+    exec "$PY" -m bench "$@" ;;
   whales|happywhale|landmarks|deepfake)
     shift
     if [ $# -eq 0 ]; then usage; exit 2; fi

@@ -1,4 +1,4 @@
-"""ORL faces and Omniglot arranged as whale-format open-set datasets (common.bench.datasets).
+"""ORL faces and Omniglot arranged as whale-format open-set datasets (bench.datasets).
 
 Every written image is traced back to its source by content (pixels for ORL, file bytes for
 Omniglot), so the checks do not trust the writer's own bookkeeping.
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.bench.datasets import write_omniglot_whale_format, write_orl_whale_format
+from bench.datasets import write_omniglot_whale_format, write_orl_whale_format
 from common.core.errors import DataError
 from competitions.whales import COMPETITION
 

@@ -1,10 +1,10 @@
-"""common.bench.retrieval at tiny sizes: the data is clustered, recall is measured right, the table is written."""
+"""bench.retrieval at tiny sizes: the data is clustered, recall is measured right, the table is written."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from common.bench.retrieval import (Geometry, class_sizes, clustered_vectors, main, parse_options, queries_like,
+from bench.retrieval import (Geometry, class_sizes, clustered_vectors, main, parse_options, queries_like,
                                     recall_at)
 
 

@@ -16,9 +16,8 @@ from common.models.heads import (
     CombinedMarginHead,
     CosFaceHead,
     create_head,
-    dynamic_margins,
-    find_outliers,
 )
+from common.models.margins import dynamic_margins, find_outliers
 
 # The config section `head:` exactly as the trainer passes it.
 PARAMS = dict(

@@ -1,7 +1,7 @@
 """Real data: the AT&T/ORL faces as a whale-style open-set task must beat the trivial baseline."""
 import json
 
-from common.bench.datasets import write_orl_whale_format
+from bench.datasets import write_orl_whale_format
 from common.core.cli import main
 import competitions.whales as whales
 

@@ -19,7 +19,8 @@ import pytest
 
 from common.core.errors import DataError
 from common.metrics.scores import gap, log_loss, map_at_k
-from common.retrieval.index import insert_new_class, rank_classes, tune_threshold
+from common.retrieval.index import rank_classes
+from common.retrieval.new_class import insert_new_class, tune_threshold
 
 REPO = Path(__file__).resolve().parent.parent
 

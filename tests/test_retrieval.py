@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from common.metrics.scores import map_at_k
-from common.retrieval.index import build_index, insert_new_class, l2_normalize, rank_classes, search, tune_threshold
+from common.retrieval.index import build_index, l2_normalize, rank_classes, search
+from common.retrieval.new_class import insert_new_class, tune_threshold
 
 
 @pytest.fixture(autouse=True, scope="module")

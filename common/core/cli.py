@@ -70,6 +70,10 @@ def main(comp, argv: list[str]) -> int:
 
             torch.set_num_threads(int(cfg.threads))
         if command in DISTRIBUTED_COMMANDS and distributed.wants_launch(cfg):
+            from common.core.validate import validate_config
+            from common.tasks import TASKS
+
+            validate_config(cfg, TASKS.get(comp.task))  # one clear error here, not one per process
             return distributed.launch(type(comp).__module__, argv, cfg)
         run_command(commands[command], comp, cfg, positional)
     except (ConfigError, DataError) as exc:

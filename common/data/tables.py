@@ -38,3 +38,24 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     if not found:
         raise DataError(f"{folder}: empty folder (no images)")
     return found
+
+
+def resolve_distractors(cfg, root: Path) -> tuple[Path | None, list[Path]]:
+    """The folder `recognition.distractors` (relative to the data root, or absolute) and its images.
+
+    A missing default folder just switches distractors off (real data has none); a folder the
+    user named explicitly (absolute path) must exist.
+    """
+    setting = cfg.recognition.distractors
+    if setting in (None, "", False, "none"):
+        return None, []
+    folder = Path(str(setting)).expanduser()
+    explicit = folder.is_absolute()
+    folder = folder if explicit else root / folder
+    if not folder.is_dir():
+        if explicit:
+            raise DataError(f"recognition.distractors={folder}: folder not found")
+        print(f"no distractor folder {folder}: validation has no non-member queries and re-ranking is off "
+              f"(set recognition.distractors=DIR to any folder of out-of-domain images)", flush=True)
+        return None, []
+    return folder, list_images(folder, recursive=True)

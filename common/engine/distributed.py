@@ -53,8 +53,16 @@ def launch(module: str, argv: list[str], cfg) -> int:
     else:
         args += [f"--node_rank={d.node_rank}", f"--master_addr={d.master_addr}", f"--master_port={d.master_port}"]
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
     print(f"launching {nproc} process(es) per node on {nodes} node(s) with torchrun", flush=True)
-    torchrun(args + ["-m", module, *argv])
+    try:
+        torchrun(args + ["-m", module, *argv])
+    except ChildFailedError as exc:  # each process has printed its own error above
+        codes = sorted({failure.exitcode for failure in exc.failures.values()})
+        print(f"error: {len(exc.failures)} of {nproc * nodes} processes failed (exit code {', '.join(map(str, codes))})",
+              file=sys.stderr)
+        return 2 if codes == [2] else 1
     return 0
 
 
@@ -142,13 +150,14 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
             yield list(batch)[self.rank::self.world]
 
 
-def wrap_model(model: torch.nn.Module, device: torch.device, sync_bn: bool = False) -> torch.nn.Module:
+def wrap_model(model: torch.nn.Module, device: torch.device, sync_bn: bool = False,
+               find_unused: bool = False) -> torch.nn.Module:
     """DistributedDataParallel when there are several processes; the model itself otherwise.
 
     SyncBatchNorm (`dist.sync_bn=true`) needs CUDA; on CPU each process normalises its own slice.
     timm's converter keeps the activation of its fused BatchNormAct layers (torch's drops it).
-    `find_unused_parameters`: some backbones hold layers `forward_features` never calls (lcnet's and
-    mobilenetv3's conv_head), and a frozen-backbone warm-up leaves the backbone out of the graph.
+    `find_unused`: some parameters take no part in the loss (`unused_parameters`); DDP must then look
+    for them every step.
     """
     if world_size() == 1:
         return model
@@ -157,7 +166,13 @@ def wrap_model(model: torch.nn.Module, device: torch.device, sync_bn: bool = Fal
 
         model = convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
+
+
+def unused_parameters(model: torch.nn.Module, frozen_epochs: int = 0) -> bool:
+    """Whether DDP must look for parameters outside the loss: a frozen-backbone warm-up, or a timm
+    backbone with layers `forward_features` never calls (lcnet's and mobilenetv3's conv_head)."""
+    return frozen_epochs > 0 or any(".conv_head." in f".{name}" for name, _ in model.named_parameters())
 
 
 def sum_over_ranks(sums: dict[str, float], count: int) -> tuple[dict[str, float], int]:

@@ -194,3 +194,22 @@ def embed_to_store(model, dataset, ids: Sequence[str], stem: str | Path, *, dim:
                                   tta_flip=tta_flip, desc=f"{desc} [{start}:{stop}]", progress=progress)
 
     return fill_store(store, embed_rows)
+
+
+def checkpoint_key(fold_dir: Path, cfg) -> str:
+    """Identifies what produced an embedding: the checkpoint's content (so a copied run, e.g. a Kaggle
+    weights dataset, still matches its stored embeddings), TTA and the image size."""
+    digest = hashlib.sha1()
+    with open(fold_dir / "best.pt", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{digest.hexdigest()[:16]}|tta={bool(cfg.infer.tta_flip)}|size={list(cfg.data.image_size)}"
+
+
+def stored_distractors(fold_dir: Path, key: str) -> EmbeddingStore | None:
+    """The distractor embeddings `train` left in a fold, if they came from this very checkpoint."""
+    stem = fold_dir / "embeddings" / "distractors"
+    if not stem.with_suffix(".json").exists():
+        return None
+    store = EmbeddingStore.open(stem)
+    return store if store.complete and store.key == key and len(store) else None

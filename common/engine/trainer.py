@@ -129,7 +129,8 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         print(f"fold {fold}: resuming after epoch {state['epoch']} (best {monitor}={best_score})", flush=True)
 
     core = model
-    model = distributed.wrap_model(core, device, sync_bn=bool(cfg.dist.sync_bn))
+    model = distributed.wrap_model(core, device, sync_bn=bool(cfg.dist.sync_bn),
+                                   find_unused=distributed.unused_parameters(core, int(t.freeze_epochs)))
     better = (lambda a, b: b is None or a > b) if mode == "max" else (lambda a, b: b is None or a < b)
     freeze_epochs = int(t.get("freeze_epochs", 0))
     board = tensorboard_writer(log_path.parent / "tensorboard" / f"fold{fold}")

@@ -133,10 +133,10 @@ def pretrain(comp, cfg) -> Path:
             cfg = read_saved_config(saved)
             cfg.resume = True
     method = cfg.ssl.method
-    validate_config(cfg)
     if comp.task == "video":
         raise ConfigError(f"pretrain reads images; {comp.name}'s training data are videos (pretraining on cached "
                           "face crops is not built yet)")
+    validate_config(cfg)
     run = run_dir(cfg, comp.name, create=True)
     seed_everything(cfg.seed)
     size = [int(v) for v in (cfg.ssl.image_size or cfg.data.image_size)]

@@ -26,7 +26,8 @@ from common.losses.objective import build_objective
 from common.metrics import plots
 from common.metrics.scores import map_at_k, roc_curve_pairs, verification_metrics
 from common.models.factory import build_model, without_init
-from common.retrieval.index import build_index, insert_new_class, rank_classes, search, tune_threshold
+from common.retrieval.index import build_index, rank_classes, search
+from common.retrieval.new_class import insert_new_class, tune_threshold
 from common.tasks.base import TASKS, Task
 
 

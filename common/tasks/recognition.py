@@ -34,9 +34,9 @@ from common.core.files import write_csv_atomic, write_text_atomic
 from common.core.registry import Registry
 from common.data.image_set import ImageSet
 from common.data.loaders import make_loader
-from common.data.tables import list_images
+from common.data.tables import resolve_distractors
 from common.engine import distributed
-from common.engine.embedding_store import EmbeddingStore, embed_to_store
+from common.engine.embedding_store import EmbeddingStore, checkpoint_key, embed_to_store, stored_distractors
 from common.engine.folds import assert_disjoint, distractor_split, recognition_folds
 from common.engine.trainer import load_best, seed_everything, train_fold
 from common.losses.objective import build_objective
@@ -59,46 +59,6 @@ def trivial_baseline(train_labels: Sequence, truth: Sequence) -> float:
     """GAP with no model: the most frequent training class for every image, one confidence for all."""
     most_frequent = pd.Series(list(train_labels)).value_counts().index[0]
     return score([most_frequent] * len(truth), np.ones(len(truth)), truth)
-
-
-def resolve_distractors(cfg, root: Path) -> tuple[Path | None, list[Path]]:
-    """The folder `recognition.distractors` (relative to the data root, or absolute) and its images.
-
-    A missing default folder just switches distractors off (real data has none); a folder the
-    user named explicitly (absolute path) must exist.
-    """
-    setting = cfg.recognition.distractors
-    if setting in (None, "", False, "none"):
-        return None, []
-    folder = Path(str(setting)).expanduser()
-    explicit = folder.is_absolute()
-    folder = folder if explicit else root / folder
-    if not folder.is_dir():
-        if explicit:
-            raise DataError(f"recognition.distractors={folder}: folder not found")
-        print(f"no distractor folder {folder}: validation has no non-member queries and re-ranking is off "
-              f"(set recognition.distractors=DIR to any folder of out-of-domain images)", flush=True)
-        return None, []
-    return folder, list_images(folder, recursive=True)
-
-
-def checkpoint_key(fold_dir: Path, cfg) -> str:
-    """Identifies what produced an embedding: the checkpoint's content (so a copied run, e.g. a Kaggle
-    weights dataset, still matches its stored embeddings), TTA and the image size."""
-    digest = hashlib.sha1()
-    with open(fold_dir / "best.pt", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return f"{digest.hexdigest()[:16]}|tta={bool(cfg.infer.tta_flip)}|size={list(cfg.data.image_size)}"
-
-
-def stored_distractors(fold_dir: Path, key: str) -> EmbeddingStore | None:
-    """The distractor embeddings `train` left in a fold, if they came from this very checkpoint."""
-    stem = fold_dir / "embeddings" / "distractors"
-    if not stem.with_suffix(".json").exists():
-        return None
-    store = EmbeddingStore.open(stem)
-    return store if store.complete and store.key == key and len(store) else None
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`python -m common.bench <name> [key=value ...]`: run one benchmark by name.
+"""`python -m bench <name> [key=value ...]`: run one benchmark by name.
 
 Each benchmark is a module with `main(argv) -> int`, imported only when asked for, so a
 benchmark with heavy imports (or one not written yet) costs the others nothing.
@@ -9,11 +9,11 @@ import importlib
 import sys
 
 BENCHES: dict[str, str] = {
-    "train": "common.bench.train",
-    "heads": "common.bench.heads",
-    "retrieval": "common.bench.retrieval",
-    "pretrain": "common.bench.pretrain",
-    "deepfake": "common.bench.deepfake",
+    "train": "bench.train",
+    "heads": "bench.heads",
+    "retrieval": "bench.retrieval",
+    "pretrain": "bench.pretrain",
+    "deepfake": "bench.deepfake",
 }
 
 USAGE = "usage: ./run.sh bench <{names}> [key=value ...]"

@@ -2,7 +2,7 @@
 
 Every method trains the same backbone with the same budget and seed through the real whale
 pipeline (`common.tasks.identification.train`), on real data arranged in the whale format by
-`common.bench.datasets`: ORL faces (30 known people, 10 held out) and Omniglot background sets
+`bench.datasets`: ORL faces (30 known people, 10 held out) and Omniglot background sets
 (characters as identities, test drawers never seen in training, 30 % of characters held out).
 Only the method's keys (`model.head`, `model.loss`, `head.dynamic_margin`) change between runs,
 so the differences in the table come from the objective alone.
@@ -47,7 +47,7 @@ from typing import Callable
 import pandas as pd
 import yaml
 
-from common.bench.datasets import (NEW_WHALE, OMNIGLOT_ZIPS, ORL_DIR, write_omniglot_whale_format,
+from bench.datasets import (NEW_WHALE, OMNIGLOT_ZIPS, ORL_DIR, write_omniglot_whale_format,
                                    write_orl_whale_format)
 from common.core.config import load_config, split_overrides
 from common.core.errors import ConfigError, DataError

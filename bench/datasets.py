@@ -46,7 +46,7 @@ from common.core.errors import DataError
 
 NEW_WHALE = "new_whale"
 MARKER = ".arrangement.json"
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ORL_DIR = SHARED_DATA / "orl_faces"
 OMNIGLOT_ZIPS = {name: SHARED_DATA / "omniglot" / f"images_background_{name}.zip" for name in ("small1", "small2")}
 _OMNIGLOT_MEMBER = re.compile(r"(?:^|/)([^/]+)/(character\d+)/(\d+)_(\d+)\.png$")

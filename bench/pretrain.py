@@ -41,7 +41,7 @@ from typing import Callable
 import pandas as pd
 import yaml
 
-from common.bench.heads import closed_set_top1
+from bench.heads import closed_set_top1
 from common.core.config import load_config, split_overrides
 from common.core.errors import ConfigError, DataError
 from common.core.paths import REPO_ROOT
@@ -51,13 +51,13 @@ SSL_METHODS = ("simclr", "rotation", "jigsaw", "micle")
 
 
 def _orl(dst: Path) -> Path:
-    from common.bench.datasets import ORL_DIR, write_orl_whale_format
+    from bench.datasets import ORL_DIR, write_orl_whale_format
 
     return write_orl_whale_format(ORL_DIR, dst)
 
 
 def _omniglot(dst: Path) -> Path:
-    from common.bench.datasets import OMNIGLOT_ZIPS, write_omniglot_whale_format
+    from bench.datasets import OMNIGLOT_ZIPS, write_omniglot_whale_format
 
     return write_omniglot_whale_format(OMNIGLOT_ZIPS["small1"], dst, n_characters=30)
 

@@ -265,3 +265,9 @@ def write_omniglot_whale_format(zip_path: str | Path, dst: str | Path, *,
                 train += [(photo[d], NEW_WHALE) for d in seen_by_train[:new_whale_train]]
                 test += [(photo[d], NEW_WHALE) for d in test_only]
         return _write(dst, f"omniglot-{zip_path.stem}", seed, params, train, test)
+
+
+# The split both whale-format benches pin: half of train.csv trains one fold model, half gives its
+# out-of-fold answers (the table compares methods, not fold ensembles).
+ONE_FOLD = ["data.num_workers=0", "train.folds=2", "train.run_folds=[0]", "train.warmup_epochs=1",
+            "train.batch_size=32"]

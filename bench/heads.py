@@ -47,9 +47,10 @@ from typing import Callable
 import pandas as pd
 import yaml
 
-from bench.datasets import (NEW_WHALE, OMNIGLOT_ZIPS, ORL_DIR, write_omniglot_whale_format,
-                                   write_orl_whale_format)
-from common.core.config import load_config, split_overrides
+from bench.datasets import (NEW_WHALE, ONE_FOLD, OMNIGLOT_ZIPS, ORL_DIR, write_omniglot_whale_format,
+                            write_orl_whale_format)
+from bench.options import split_options
+from common.core.config import load_config
 from common.core.errors import ConfigError, DataError
 from common.core.paths import REPO_ROOT
 
@@ -86,12 +87,8 @@ BUDGET: list[str] = [
     "model.backbone=small_cnn",
     "model.embedding_dim=128",
     "data.image_size=[64,64]",
-    "data.num_workers=0",
-    "train.folds=2",          # half of train.csv trains the fold model, half gives out-of-fold answers ...
-    "train.run_folds=[0]",    # ... and only one fold is trained
+    *ONE_FOLD,
     "train.epochs=20",
-    "train.warmup_epochs=1",
-    "train.batch_size=32",
     "augment.train=light",    # pinned, like everything here, so the table does not drift with the whale YAML
     "augment.valid=none",
     "infer.tta_flip=false",
@@ -107,11 +104,7 @@ OPTIONS = {"datasets": "orl,small1", "methods": "all", "out": "outputs/bench", "
 
 def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
     """Split `key=value` arguments into bench options and whale config overrides."""
-    pairs = split_overrides(argv)
-    options = dict(OPTIONS)
-    for key in OPTIONS:
-        if key in pairs:
-            options[key] = yaml.safe_load(pairs.pop(key))
+    options, pairs = split_options(argv, OPTIONS)
     for key in ("datasets", "methods"):
         value = options[key]
         options[key] = [str(v).strip() for v in (value.split(",") if isinstance(value, str) else value)]

@@ -41,8 +41,10 @@ from typing import Callable
 import pandas as pd
 import yaml
 
-from bench.heads import closed_set_top1
-from common.core.config import load_config, split_overrides
+from bench.datasets import ONE_FOLD
+from bench.heads import closed_set_top1, dataset_summary, finished_run
+from bench.options import split_options
+from common.core.config import load_config
 from common.core.errors import ConfigError, DataError
 from common.core.paths import REPO_ROOT
 
@@ -97,12 +99,8 @@ BUDGET: list[str] = [
     "model.embedding_dim=128",
     "model.head=arcface",
     "augment.train=light",    # pinned: the whale YAML's choice may change, this table's must not
-    "data.num_workers=0",
-    "train.folds=2",          # half of train.csv trains the fold model, half gives out-of-fold answers ...
-    "train.run_folds=[0]",    # ... and only one fold is trained
+    *ONE_FOLD,
     "train.epochs=5",
-    "train.warmup_epochs=1",
-    "train.batch_size=32",
     "train.lr=0.001",
     "infer.tta_flip=false",
     "infer.neighbours=50",
@@ -118,11 +116,7 @@ OPTIONS = {"datasets": "orl,omniglot,whales", "inits": ",".join(DEFAULT_INITS), 
 
 def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
     """Split `key=value` arguments into bench options and whale config overrides."""
-    pairs = split_overrides(argv)
-    options = dict(OPTIONS)
-    for key in OPTIONS:
-        if key in pairs:
-            options[key] = yaml.safe_load(pairs.pop(key))
+    options, pairs = split_options(argv, OPTIONS)
     for key, known in (("datasets", DATASETS), ("inits", INITS)):
         value = options[key]
         options[key] = [str(v).strip() for v in (value.split(",") if isinstance(value, str) else value)]
@@ -141,20 +135,6 @@ def whale_config(root: Path, out: Path, dataset: str, run_name: str, keys: list[
         *BUDGET, f"data.image_size=[{size[0]},{size[1]}]", *overrides, *keys,
         f"data.root={root}", f"data.cache_dir={out / 'cache'}", f"run.root={out / 'runs'}", f"run.name={run_name}",
     ])
-
-
-def finished(run: Path, cfg) -> bool:
-    """A run directory with metrics.json whose saved config is exactly this one."""
-    saved = run / "config.yaml"
-    return (run / "metrics.json").is_file() and saved.is_file() and yaml.safe_load(saved.read_text()) == cfg.to_dict()
-
-
-def dataset_summary(root: Path) -> str:
-    train = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
-    truth = pd.read_csv(root / "test_truth.csv", dtype=str, keep_default_na=False)
-    return (f"{len(train)} train images ({(train.Id == NEW_WHALE).sum()} new_whale), "
-            f"{train.Id[train.Id != NEW_WHALE].nunique()} known identities; {len(truth)} test images, "
-            f"{(truth.Id == NEW_WHALE).mean():.0%} answer new_whale")
 
 
 def frozen_knn(cfg) -> dict:
@@ -209,7 +189,7 @@ def run_init(root: Path, out: Path, dataset: str, init: str, overrides: list[str
             ssl_cfg = whale_config(root, out, dataset, f"pretrain-{dataset}-ssl-{init}", keys + [f"ssl.method={spec['ssl']}"],
                                    overrides)
             ssl_run = out / "runs" / COMPETITION.name / ssl_cfg.run.name
-            if not (reuse and finished(ssl_run, ssl_cfg)):
+            if not (reuse and finished_run(ssl_run, ssl_cfg)):
                 shutil.rmtree(ssl_run, ignore_errors=True)  # the bench owns its run folders
                 with _redirect(log, verbose):
                     pretrain(COMPETITION, copy.deepcopy(ssl_cfg))
@@ -222,7 +202,7 @@ def run_init(root: Path, out: Path, dataset: str, init: str, overrides: list[str
             with _redirect(log, verbose):
                 row["knn_top1"] = frozen_knn(cfg)["knn_top1"]
         run = out / "runs" / COMPETITION.name / cfg.run.name
-        if not (reuse and finished(run, cfg)):
+        if not (reuse and finished_run(run, cfg)):
             shutil.rmtree(run, ignore_errors=True)
             with _redirect(log, verbose):
                 train(COMPETITION, copy.deepcopy(cfg))

@@ -47,3 +47,23 @@ def whale_demo(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("whale_demo")
     return write_demo(root, n_identities=24, n_train=120, n_test=40, progress=False)
+
+
+def run_kernel_script(kernel_folder: Path, kaggle: Path, prefix: str, cwd: Path, timeout: int):
+    """The kernel script of `kernel_folder` (a `kernel` command's output) run offline against a fake
+    /kaggle at `kaggle`, with the code dataset copied (so the repository itself cannot be used)."""
+    import os
+    import shutil
+    import subprocess
+
+    shutil.copytree(kernel_folder / "code", kaggle / "input" / f"{prefix}-code")
+    for part in ("weights", "wheels"):
+        (kaggle / "input" / f"{prefix}-{part}").symlink_to(kernel_folder / part)
+    script = next((kernel_folder / "kernel").glob("*.py"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KAGGLE_KERNEL_RUN_TYPE")}
+    env.update(KAGGLE_ROOT=str(kaggle), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"toolkit: {kaggle / 'input' / f'{prefix}-code' / 'common'}" in result.stdout
+    return result

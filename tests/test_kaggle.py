@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -17,6 +16,7 @@ import pandas as pd
 import pytest
 
 import common.kaggle.commands as kaggle
+from conftest import run_kernel_script
 import competitions.deepfake as deepfake
 import competitions.landmarks as landmarks
 import competitions.whales as whales
@@ -387,16 +387,7 @@ def test_kaggle_kernel_script_predicts_whales_offline_on_a_fake_kaggle(fake_kagg
 
     root = tmp_path / "kaggle"
     shutil.copytree(whale_demo, root / "input" / whales.COMPETITION.slug, ignore=shutil.ignore_patterns("test_truth.csv"))
-    shutil.copytree(run / "kaggle" / "code", root / "input" / "whales-e2e-code")  # not the repository's code
-    for part in ("weights", "wheels"):
-        (root / "input" / f"whales-e2e-{part}").symlink_to(run / "kaggle" / part)
-    script = next((run / "kaggle" / "kernel").glob("*.py"))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KAGGLE_KERNEL_RUN_TYPE")}
-    env.update(KAGGLE_ROOT=str(root), OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=240)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"toolkit: {root / 'input' / 'whales-e2e-code' / 'common'}" in result.stdout
+    run_kernel_script(run / "kaggle", root, "whales-e2e", tmp_path, timeout=240)
     submission = pd.read_csv(root / "working" / "submission.csv")
     validate_submission(submission, pd.read_csv(whale_demo / "sample_submission.csv"))
     assert (root / "temp" / "runs" / "whales" / "e2e" / "config.yaml").is_symlink()

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from conftest import run_kernel_script
 import torch
 
 import competitions.deepfake as deepfake
@@ -77,17 +76,8 @@ def test_script_runs_offline_against_a_fake_kaggle(kernel, tmp_path):
     sample = pd.read_csv(demo / "sample_submission.csv")
     sample = pd.concat([sample, pd.DataFrame({"filename": ["broken.mp4"], "label": [0.5]})], ignore_index=True)
     sample.to_csv(data / "sample_submission.csv", index=False)
-    shutil.copytree(kernel / "code", root / "input" / f"{SLUG}-code")  # a copy: the repo must not be used
-    for part in ("weights", "wheels"):
-        (root / "input" / f"{SLUG}-{part}").symlink_to(kernel / part)
     (root / "working").mkdir()
-    script = next((kernel / "kernel").glob("*.py"))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KAGGLE_KERNEL_RUN_TYPE")}
-    env.update(KAGGLE_ROOT=str(root), OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=180)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"toolkit: {root / 'input' / f'{SLUG}-code' / 'common'}" in result.stdout
+    result = run_kernel_script(kernel, root, SLUG, tmp_path, timeout=180)
     assert "no wheels to install" in result.stdout
     submission = pd.read_csv(root / "working" / "submission.csv")
     validate_submission(submission, sample)

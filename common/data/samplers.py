@@ -103,8 +103,9 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
             yield batch
 
 
-class RandomBatchSampler(torch.utils.data.Sampler):
-    """Shuffled global batches, reproducible from (seed, epoch) alone."""
+class EpochBatches(torch.utils.data.Sampler):
+    """Batches of an order drawn from (seed, epoch) alone: reproducible, and DDP ranks agree on every
+    global batch without communicating. Subclasses say how the epoch's n items are drawn."""
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, drop_last: bool = True):
         self.n, self.batch_size, self.seed, self.drop_last, self.epoch = n, batch_size, seed, drop_last, 0
@@ -115,30 +116,31 @@ class RandomBatchSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
+    def order(self, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
     def __iter__(self) -> Iterator[list[int]]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        order = self.order(np.random.default_rng([self.seed, self.epoch]))
         for i in range(len(self)):
             yield order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
 
 
-class WeightedBatchSampler(torch.utils.data.Sampler):
-    """n items drawn with replacement in proportion to `weights`, in batches; reproducible from
-    (seed, epoch) alone, so DDP ranks agree on every global batch without communicating."""
+class RandomBatchSampler(EpochBatches):
+    """Shuffled global batches."""
+
+    def order(self, rng: np.random.Generator) -> np.ndarray:
+        return rng.permutation(self.n)
+
+
+class WeightedBatchSampler(EpochBatches):
+    """n items drawn with replacement in proportion to `weights`."""
 
     def __init__(self, weights, n: int, batch_size: int, seed: int = 0, drop_last: bool = True):
+        super().__init__(n, batch_size, seed, drop_last)
         weights = np.asarray(weights, dtype=np.float64)
         if len(weights) == 0 or not np.isfinite(weights).all() or weights.min() < 0 or weights.sum() <= 0:
             raise ValueError("WeightedBatchSampler needs finite, non-negative weights with a positive sum")
         self.p = weights / weights.sum()
-        self.n, self.batch_size, self.seed, self.drop_last, self.epoch = n, batch_size, seed, drop_last, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        drawn = np.random.default_rng([self.seed, self.epoch]).choice(len(self.p), size=self.n, replace=True, p=self.p)
-        for i in range(len(self)):
-            yield drawn[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+    def order(self, rng: np.random.Generator) -> np.ndarray:
+        return rng.choice(len(self.p), size=self.n, replace=True, p=self.p)

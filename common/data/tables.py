@@ -59,3 +59,28 @@ def resolve_distractors(cfg, root: Path) -> tuple[Path | None, list[Path]]:
               f"(set recognition.distractors=DIR to any folder of out-of-domain images)", flush=True)
         return None, []
     return folder, list_images(folder, recursive=True)
+
+
+def image_table(csv: Path, columns: Sequence[str], image_column: str, folder: Path) -> pd.DataFrame:
+    """A CSV listing images: the columns it must have, no image twice, every image present in
+    `folder`; adds `path`. Errors name the CSV."""
+    from common.data.images import check_files_exist
+
+    table = read_csv_columns(csv, list(columns))
+    names = table[image_column].astype(str)
+    if names.duplicated().any():
+        raise DataError(f"{csv}: image {names[names.duplicated()].iloc[0]} listed twice")
+    table["path"] = [str(Path(folder) / name) for name in names]
+    check_files_exist(table.path, csv)
+    return table
+
+
+def test_images(root: Path, folder: str, sample_columns: Sequence[str]) -> pd.DataFrame:
+    """Test images (`image, path`) in sample_submission.csv's order, or sorted without one; a missing
+    or empty folder is an error naming it."""
+    found = list_images(Path(root) / folder)
+    sample = Path(root) / "sample_submission.csv"
+    if not sample.exists():
+        return pd.DataFrame({"image": [p.name for p in found], "path": [str(p) for p in found]})
+    table = image_table(sample, sample_columns, sample_columns[0], Path(root) / folder)
+    return pd.DataFrame({"image": table[sample_columns[0]].astype(str), "path": table.path})

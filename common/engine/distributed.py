@@ -69,14 +69,14 @@ def launch(module: str, argv: list[str], cfg) -> int:
 def init(cfg) -> torch.device:
     """Join the process group when launched by torchrun; return this process's device."""
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and cfg.get("gpus", 0) != 0
+        use_cuda = torch.cuda.is_available() and cfg["gpus"] != 0
         backend = cfg.dist.backend if cfg.dist.backend != "auto" else ("nccl" if use_cuda else "gloo")
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend=backend)
         if not is_main():  # one voice in the log
             sys.stdout = open(os.devnull, "w")
-    if torch.cuda.is_available() and cfg.get("gpus", None) != 0:
+    if torch.cuda.is_available() and cfg["gpus"] != 0:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 

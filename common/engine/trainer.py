@@ -102,15 +102,15 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
     fold_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
     main = distributed.is_main()
-    groups = param_groups(model, t.lr, t.get("backbone_lr_mult", 1.0), cfg.head.get("lr_mult", 1.0)
+    groups = param_groups(model, t.lr, t["backbone_lr_mult"], cfg.head["lr_mult"]
                           if "head" in cfg else 1.0, t.weight_decay)
     optimizer = create_optimizer_v2(groups, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
-                                    momentum=t.get("momentum", 0.9))
-    accum = max(1, int(t.get("accum_steps", 1)))
+                                    momentum=t["momentum"])
+    accum = max(1, int(t["accum_steps"]))
     updates_per_epoch = max(1, len(train_loader) // accum)
     scheduler, _ = create_scheduler_v2(optimizer, sched=t.scheduler, num_epochs=t.epochs,
                                        warmup_epochs=t.warmup_epochs, warmup_lr=t.lr * 0.01,
-                                       min_lr=t.lr * t.get("min_lr_ratio", 0.01), step_on_epochs=False,
+                                       min_lr=t.lr * t["min_lr_ratio"], step_on_epochs=False,
                                        updates_per_epoch=updates_per_epoch)
     amp_dtype = autocast_dtype(device, bool(t.amp))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -132,7 +132,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
     model = distributed.wrap_model(core, device, sync_bn=bool(cfg.dist.sync_bn),
                                    find_unused=distributed.unused_parameters(core, int(t.freeze_epochs)))
     better = (lambda a, b: b is None or a > b) if mode == "max" else (lambda a, b: b is None or a < b)
-    freeze_epochs = int(t.get("freeze_epochs", 0))
+    freeze_epochs = int(t["freeze_epochs"])
     board = tensorboard_writer(log_path.parent / "tensorboard" / f"fold{fold}")
     for epoch in range(start_epoch, t.epochs):
         started = time.time()
@@ -148,7 +148,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         seen = 0
         optimizer.zero_grad(set_to_none=True)
         bar = tqdm(train_loader, desc=f"fold {fold} epoch {epoch + 1}/{t.epochs}", leave=False,
-                   disable=not cfg.get("progress", True) or not main)
+                   disable=not cfg["progress"] or not main)
         for step, (images, labels) in enumerate(bar):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast(device, bool(t.amp)):

@@ -174,9 +174,9 @@ class ContrastiveLoss(nn.Module):
     @classmethod
     def from_params(cls, params: Mapping) -> "ContrastiveLoss":
         return cls(
-            distance=params.get("distance", "cosine"),
-            pos_margin=params.get("pos_margin", 0.0),
-            neg_margin=params.get("neg_margin", 0.5),
+            distance=params["distance"],
+            pos_margin=params["pos_margin"],
+            neg_margin=params["neg_margin"],
         )
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -211,12 +211,12 @@ class TripletLoss(nn.Module):
 
     @classmethod
     def from_params(cls, params: Mapping) -> "TripletLoss":
-        distance = params.get("distance", "cosine")
+        distance = params["distance"]
         if distance not in cls.CONFIG_DISTANCE:
             raise ValueError(f"unknown loss.distance {distance!r}; choose one of {sorted(cls.CONFIG_DISTANCE)}")
         return cls(
-            margin=params.get("margin", 0.2),
-            miner=params.get("miner", "semi_hard"),
+            margin=params["margin"],
+            miner=params["miner"],
             distance=cls.CONFIG_DISTANCE[distance],
         )
 
@@ -250,7 +250,7 @@ class NTXentLoss(nn.Module):
 
     @classmethod
     def from_params(cls, params: Mapping) -> "NTXentLoss":
-        return cls(temperature=params.get("temperature", 0.1))
+        return cls(temperature=params["temperature"])
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=embeddings.device.type, enabled=False):

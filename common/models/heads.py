@@ -120,7 +120,7 @@ class CosineHead(nn.Module):
 
     @classmethod
     def from_params(cls, in_features, num_classes, params, class_counts=None):
-        return cls(in_features, num_classes, s=params.get("s", 30.0))
+        return cls(in_features, num_classes, s=params["s"])
 
     def subcenter_cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Cosine of every embedding to every centre, ``[B, C, K]``, at least float32."""
@@ -165,7 +165,7 @@ class CosFaceHead(CosineHead):
 
     @classmethod
     def from_params(cls, in_features, num_classes, params, class_counts=None):
-        return cls(in_features, num_classes, s=params.get("s", 30.0), m=params.get("m_cos", 0.35))
+        return cls(in_features, num_classes, s=params["s"], m=params["m_cos"])
 
     def target_logit(self, cos_target, labels):
         return cos_target - self.m
@@ -195,7 +195,7 @@ class SphereFaceHead(CosineHead):
 
     @classmethod
     def from_params(cls, in_features, num_classes, params, class_counts=None):
-        return cls(in_features, num_classes, s=params.get("s", 30.0), m=params.get("m_sphere", 4))
+        return cls(in_features, num_classes, s=params["s"], m=params["m_sphere"])
 
     def target_logit(self, cos_target, labels):
         c = cos_target.clamp(-1.0, 1.0)
@@ -244,23 +244,23 @@ class ArcFaceHead(CosineHead):
     @classmethod
     def margins_from_params(cls, num_classes, params, class_counts):
         """The fixed margin ``m``, or per-class margins when ``dynamic_margin`` is on."""
-        if not params.get("dynamic_margin", False):
-            return params.get("m", 0.5)
+        if not params["dynamic_margin"]:
+            return params["m"]
         if class_counts is None:
             raise ValueError(f"head.dynamic_margin=true needs class_counts for {cls.__name__}")
         if len(class_counts) != num_classes:
             raise ValueError(f"class_counts has {len(class_counts)} entries for {num_classes} classes")
-        return dynamic_margins(class_counts, params.get("m_min", 0.2), params.get("m_max", 0.5))
+        return dynamic_margins(class_counts, params["m_min"], params["m_max"])
 
     @classmethod
     def from_params(cls, in_features, num_classes, params, class_counts=None):
-        return cls(
-            in_features,
-            num_classes,
-            s=params.get("s", 30.0),
-            m=cls.margins_from_params(num_classes, params, class_counts),
-            easy_margin=params.get("easy_margin", False),
-        )
+        return cls(in_features, num_classes, s=params["s"], m=cls.margins_from_params(num_classes, params, class_counts),
+                   easy_margin=params["easy_margin"], **cls.extra_params(params))
+
+    @classmethod
+    def extra_params(cls, params) -> dict:
+        """Constructor keywords of a subclass (sub-center ArcFace's K)."""
+        return {}
 
     def target_logit(self, cos_target, labels):
         m = self.margins[labels].to(cos_target.dtype)
@@ -288,15 +288,8 @@ class SubCenterArcFaceHead(ArcFaceHead):
     """
 
     @classmethod
-    def from_params(cls, in_features, num_classes, params, class_counts=None):
-        return cls(
-            in_features,
-            num_classes,
-            s=params.get("s", 30.0),
-            m=cls.margins_from_params(num_classes, params, class_counts),
-            easy_margin=params.get("easy_margin", False),
-            subcenters=params.get("subcenters", 3),
-        )
+    def extra_params(cls, params) -> dict:
+        return {"subcenters": params["subcenters"]}
 
 
 @register_head("combined")
@@ -323,10 +316,10 @@ class CombinedMarginHead(CosineHead):
         return cls(
             in_features,
             num_classes,
-            s=params.get("s", 30.0),
-            m1=params.get("m1", 1.0),
-            m2=params.get("m2", 0.5),
-            m3=params.get("m3", 0.0),
+            s=params["s"],
+            m1=params["m1"],
+            m2=params["m2"],
+            m3=params["m3"],
         )
 
     def target_logit(self, cos_target, labels):

@@ -48,9 +48,9 @@ def register(name: str):
     return add
 
 
-def create_pretext(name: str, backbone: nn.Module, image_size: Sequence[int], options: Mapping | None = None) -> "PretextTask":
+def create_pretext(name: str, backbone: nn.Module, image_size: Sequence[int], options: Mapping) -> "PretextTask":
     """`ssl.method=NAME` -> a task around `backbone`; `options` is the `ssl` config section."""
-    return PRETEXT.get(name, "ssl.method")(backbone, image_size, options or {})
+    return PRETEXT.get(name, "ssl.method")(backbone, image_size, options)
 
 
 def pooled_features(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -100,9 +100,9 @@ class SimCLR(PretextTask):
     def __init__(self, backbone, image_size, options):
         super().__init__(backbone, image_size, options)
         width = backbone.num_features
-        self.temperature = float(options.get("temperature", 0.2))
+        self.temperature = float(options["temperature"])
         self.projector = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
-                                       nn.Linear(width, int(options.get("projection_dim", 128))))
+                                       nn.Linear(width, int(options["projection_dim"])))
 
     def transform(self) -> A.Compose:
         height, width = self.image_size
@@ -239,7 +239,7 @@ class Jigsaw(PretextTask):
 
     def __init__(self, backbone, image_size, options):
         super().__init__(backbone, image_size, options)
-        n = int(options.get("jigsaw_permutations", 100))
+        n = int(options["jigsaw_permutations"])
         self.register_buffer("permutations", torch.from_numpy(jigsaw_permutations(n, self.grid ** 2)), persistent=False)
         tile_dim = 256
         self.tile_embed = nn.Sequential(nn.Linear(backbone.num_features, tile_dim), nn.ReLU(inplace=True))

@@ -147,9 +147,9 @@ AGGREGATIONS.add("confident", aggregate_confident)
 
 def aggregation_params(infer_cfg) -> dict:
     """Keyword arguments of the strategies, from the `infer` config section."""
-    return {"threshold": infer_cfg.get("confident_threshold", 0.8), "share": infer_cfg.get("confident_share", 0.4),
-            "real_threshold": infer_cfg.get("confident_real_threshold", 0.2),
-            "real_share": infer_cfg.get("confident_real_share", 0.9)}
+    return {"threshold": infer_cfg["confident_threshold"], "share": infer_cfg["confident_share"],
+            "real_threshold": infer_cfg["confident_real_threshold"],
+            "real_share": infer_cfg["confident_real_share"]}
 
 
 def aggregate(frame_probs: np.ndarray, strategy: str, **params) -> float:

@@ -15,8 +15,7 @@ import pandas as pd
 
 from common.core.competition import COMPETITIONS, Competition
 from common.core.errors import DataError
-from common.data.images import check_files_exist
-from common.data.tables import list_images, read_csv_columns
+from common.data.tables import image_table, read_csv_columns, test_images
 
 # Raw species name -> the name the organisers meant (two typos, three species they later merged).
 SPECIES_FIXES = {
@@ -27,12 +26,6 @@ SPECIES_FIXES = {
     "pilot_whale": "short_finned_pilot_whale",
 }
 MAX_LABELS = 5  # MAP@5 reads at most five answers per image
-
-
-def _unique_images(table: pd.DataFrame, path: Path) -> None:
-    twice = table.image[table.image.duplicated()]
-    if len(twice):
-        raise DataError(f"{path}: image {twice.iloc[0]} listed twice")
 
 
 def normalise_species(species: pd.Series, where: Path | str) -> pd.Series:
@@ -54,30 +47,17 @@ class HappyWhale(Competition):
     def read_train(self, root: Path, cfg: Any = None) -> pd.DataFrame:
         """-> image, label (individual_id), path, species (normalised). `cfg` is unused: the format has no options."""
         path = Path(root) / "train.csv"
-        table = read_csv_columns(path, ["image", "species", "individual_id"])
-        _unique_images(table, path)
+        table = image_table(path, ["image", "species", "individual_id"], "image", Path(root) / "train_images")
         bad = table.individual_id[table.individual_id.str.strip().isin(["", self.new_label])]
         if len(bad):
             raise DataError(f"{path}: individual_id must name a real individual, got '{bad.iloc[0]}' "
                             f"in {len(bad)} rows (the unknown label belongs in answers only)")
-        frame = pd.DataFrame({"image": table.image, "label": table.individual_id,
-                              "path": [str(Path(root) / "train_images" / name) for name in table.image],
-                              "species": normalise_species(table.species, path)})
-        check_files_exist(frame.path, path)
-        return frame
+        return pd.DataFrame({"image": table.image, "label": table.individual_id, "path": table.path,
+                             "species": normalise_species(table.species, path)})
 
     def read_test(self, root: Path) -> pd.DataFrame:
         """-> image, path, in sample_submission.csv's order (sorted test_images/ without one)."""
-        root = Path(root)
-        sample = root / "sample_submission.csv"
-        if not sample.exists():
-            found = list_images(root / "test_images")
-            return pd.DataFrame({"image": [p.name for p in found], "path": [str(p) for p in found]})
-        table = read_csv_columns(sample, ["image", "predictions"])
-        _unique_images(table, sample)
-        frame = pd.DataFrame({"image": table.image, "path": [str(root / "test_images" / n) for n in table.image]})
-        check_files_exist(frame.path, sample)
-        return frame
+        return test_images(root, "test_images", ["image", "predictions"])
 
     def read_truth(self, root: Path) -> pd.DataFrame | None:
         """The demo's test_truth.csv (`image,individual_id`) -> image, label; None on Kaggle's data."""

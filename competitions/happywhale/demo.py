@@ -31,7 +31,6 @@ Run ``python -m competitions.happywhale.demo DIR`` to write the default set.
 """
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -42,7 +41,7 @@ from tqdm import tqdm
 
 from common.core.errors import DataError
 from competitions.happywhale import SPECIES_FIXES, HappyWhale
-from competitions.whales.demo import _hex_names, _long_tail_counts, _make_animal, _photo
+from competitions.whales.demo import _hex_names, _long_tail_counts, _make_animal, _photo, demo_cli
 
 NEW_INDIVIDUAL = HappyWhale.new_label
 DEFAULT_ROOT = Path("inputs/demo/happywhale")
@@ -179,24 +178,18 @@ def validate_demo(root: str | Path) -> None:
         raise DataError(f"{root / 'sample_submission.csv'}: every prediction must hold 5 space-separated labels")
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """CLI: ``python -m competitions.happywhale.demo [DIR] [--seed N] ...``; prints what it wrote."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("root", nargs="?", default=str(DEFAULT_ROOT), help=f"output folder (default {DEFAULT_ROOT})")
-    parser.add_argument("--n-identities", type=int, default=300)
-    parser.add_argument("--n-train", type=int, default=1500)
-    parser.add_argument("--n-test", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    root = write_demo(args.root, n_identities=args.n_identities, n_train=args.n_train, n_test=args.n_test,
-                      seed=args.seed)
+def _describe(root: Path) -> str:
     train, truth = (pd.read_csv(root / name, dtype=str) for name in ("train.csv", "test_truth.csv"))
     known = train.individual_id.value_counts()
     species = train.species.replace(SPECIES_FIXES).value_counts()
-    print(f"wrote {root}: train.csv ({len(train)} images, {len(known)} individuals, {(known == 1).sum()} seen once; "
-          f"{', '.join(f'{name} {n}' for name, n in species.items())}), test_images/ ({len(truth)} images, "
-          f"{(truth.individual_id == NEW_INDIVIDUAL).mean():.0%} never seen), sample_submission.csv, test_truth.csv")
-    return root
+    return (f"wrote {root}: train.csv ({len(train)} images, {len(known)} individuals, {(known == 1).sum()} seen once; "
+            f"{', '.join(f'{name} {n}' for name, n in species.items())}), test_images/ ({len(truth)} images, "
+            f"{(truth.individual_id == NEW_INDIVIDUAL).mean():.0%} never seen), sample_submission.csv, test_truth.csv")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """CLI: ``python -m competitions.happywhale.demo [DIR] [--seed N] ...``; prints what it wrote."""
+    return demo_cli(argv, __doc__, DEFAULT_ROOT, write_demo, _describe)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from common.core.competition import COMPETITIONS, Competition
-from common.core.errors import DataError
-from common.data.images import check_files_exist
-from common.data.tables import list_images, read_csv_columns
+from common.data.tables import image_table, read_csv_columns, test_images
 
 
 class Whales(Competition):
@@ -25,27 +23,12 @@ class Whales(Competition):
 
     def read_train(self, root: Path, cfg: Any = None) -> pd.DataFrame:
         """-> image, label, path; every listed image must exist."""
-        path = Path(root) / "train.csv"
-        table = read_csv_columns(path, ["Image", "Id"])
-        if table.Image.duplicated().any():
-            raise DataError(f"{path}: image {table.Image[table.Image.duplicated()].iloc[0]} listed twice")
-        frame = pd.DataFrame({"image": table.Image.astype(str), "label": table.Id.astype(str)})
-        frame["path"] = [str(Path(root) / "train" / name) for name in frame.image]
-        check_files_exist(frame.path, path)
-        return frame
+        table = image_table(Path(root) / "train.csv", ["Image", "Id"], "Image", Path(root) / "train")
+        return pd.DataFrame({"image": table.Image.astype(str), "label": table.Id.astype(str), "path": table.path})
 
     def read_test(self, root: Path) -> pd.DataFrame:
         """-> image, path in sample_submission.csv's order (or sorted, without one)."""
-        test_dir, sample = Path(root) / "test", Path(root) / "sample_submission.csv"
-        found = list_images(test_dir)  # a missing or empty folder is an error naming it
-        if not sample.exists():
-            return pd.DataFrame({"image": [p.name for p in found], "path": [str(p) for p in found]})
-        names = read_csv_columns(sample, ["Image", "Id"]).Image.astype(str)
-        if names.duplicated().any():
-            raise DataError(f"{sample}: image {names[names.duplicated()].iloc[0]} listed twice")
-        frame = pd.DataFrame({"image": names, "path": [str(test_dir / n) for n in names]})
-        check_files_exist(frame.path, sample)
-        return frame
+        return test_images(root, "test", ["Image", "Id"])
 
     def read_truth(self, root: Path) -> pd.DataFrame | None:
         """The demo's test_truth.csv (`Image,Id`) -> image, label; None on Kaggle's data."""

@@ -267,23 +267,32 @@ def validate_demo(root: str | Path) -> None:
         raise DataError(f"{root / 'sample_submission.csv'}: every Id must hold 5 space-separated labels")
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """CLI: ``python -m competitions.whales.demo [DIR] [--seed N] ...``; prints what it wrote."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("root", nargs="?", default=str(DEFAULT_ROOT), help=f"output folder (default {DEFAULT_ROOT})")
+def demo_cli(argv: list[str] | None, doc: str, default_root: Path, write, describe) -> Path:
+    """The demo generators' command line: ``[DIR] [--n-identities N] [--n-train N] [--n-test N] [--seed N]``;
+    `write(root, **sizes)` writes, `describe(root)` is the line printed about it."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("root", nargs="?", default=str(default_root), help=f"output folder (default {default_root})")
     parser.add_argument("--n-identities", type=int, default=300)
     parser.add_argument("--n-train", type=int, default=1500)
     parser.add_argument("--n-test", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    root = write_demo(args.root, n_identities=args.n_identities, n_train=args.n_train, n_test=args.n_test,
-                      seed=args.seed)
+    root = write(args.root, n_identities=args.n_identities, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
+    print(describe(root))
+    return root
+
+
+def _describe(root: Path) -> str:
     train, truth = pd.read_csv(root / "train.csv"), pd.read_csv(root / "test_truth.csv")
     known = train[train.Id != NEW_WHALE].Id.value_counts()
-    print(f"wrote {root}: train.csv ({len(train)} images, {len(known)} whales, {(known == 1).sum()} seen once, "
-          f"{(train.Id == NEW_WHALE).mean():.0%} new_whale), test/ ({len(truth)} images, "
-          f"{(truth.Id == NEW_WHALE).mean():.0%} never seen), sample_submission.csv, test_truth.csv")
-    return root
+    return (f"wrote {root}: train.csv ({len(train)} images, {len(known)} whales, {(known == 1).sum()} seen once, "
+            f"{(train.Id == NEW_WHALE).mean():.0%} new_whale), test/ ({len(truth)} images, "
+            f"{(truth.Id == NEW_WHALE).mean():.0%} never seen), sample_submission.csv, test_truth.csv")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """CLI: ``python -m competitions.whales.demo [DIR] [--seed N] ...``; prints what it wrote."""
+    return demo_cli(argv, __doc__, DEFAULT_ROOT, write_demo, _describe)
 
 
 if __name__ == "__main__":

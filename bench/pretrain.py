@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-import yaml
 
 from bench.datasets import ONE_FOLD
 from bench.heads import closed_set_top1, dataset_summary, finished_run

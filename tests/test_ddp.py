@@ -75,3 +75,17 @@ def test_ddp_two_gloo_processes_match_single_process(name, tmp_path):
     print(name, {k: (round(single[k], 4), round(double[k], 4)) for k in keys})
     for key in keys:
         assert abs(double[key] - single[key]) < tolerance, (key, single[key], double[key])
+
+
+def test_pretrain_under_two_gloo_processes_writes_one_run(tmp_path):
+    root = _whales(tmp_path / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("WORLD_SIZE", None)
+    args = [sys.executable, "-m", "competitions.whales", "pretrain", "preset=smoke", "ssl.method=simclr",
+            "ssl.epochs=1", "ssl.max_images=64", f"data.root={root}", f"run.root={tmp_path}", "progress=false",
+            "data.num_workers=0", "gpus=0", "nproc=2", f"data.cache_dir={tmp_path / 'cache'}"]
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = list((tmp_path / "whales").iterdir())
+    assert len(runs) == 1, runs  # one timestamped folder for both processes
+    assert (runs[0] / "backbone.pt").is_file() and json.loads((runs[0] / "metrics.json").read_text())["images"] == 64

@@ -297,7 +297,7 @@ def test_per_epoch_validation_scores_gap(mode):
                     distractor_reference=np.array([]), classes=["a", "b", "c"], y=np.array([0, 0, 1, 1, 2, 2]),
                     query_rows=np.array([6, 7, 8]), query_truth=["a", "b", None],
                     query_truth_codes=np.array([0, 1, -2]))
-    head = create_head("subcenter_arcface", 8, 3, {"subcenters": 1})
+    head = create_head("subcenter_arcface", 8, 3, {**_config().head, "subcenters": 1, "dynamic_margin": False})
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(centres))
     assert EPOCH_EVALUATIONS[mode](state, fold)(SimpleNamespace(head=head)) == {"gap": 1.0}

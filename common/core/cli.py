@@ -2,8 +2,9 @@
 
 Every competition has the same commands (COMMANDS, "module:function", imported when used, so
 `--help` and tests stay light), plus any its object declares in `commands`. A command function is
-called as fn(comp, cfg) or fn(comp, cfg, positional_args). The whole config is validated first;
-bad input and bad configuration end with a one-line error, not a traceback.
+called as fn(comp, cfg) or fn(comp, cfg, positional_args); `train`, `pretrain` and `predict` validate
+the whole config before they write anything. Bad input and bad configuration end with a one-line
+error, not a traceback.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""One exception type for bad user input, so the CLI can print it cleanly instead of a traceback."""
+"""The two exceptions for bad user input (bad data, bad configuration): the CLI prints either as one
+line naming the file or key, instead of a traceback."""
 from __future__ import annotations
 
 

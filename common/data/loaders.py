@@ -1,7 +1,8 @@
 """The one training-loader factory: every task's batches come from here.
 
-`train.sampler` names a batch sampler from SAMPLERS (`auto` = the task's default, or P x K when a
-pair loss needs positives in every batch). Whatever the sampler, the loader is the same: with N
+`train.sampler` names a batch sampler from SAMPLERS (`auto`, every competition's default: the
+task's own sampler, or P x K when a pair loss needs positives in every batch; a task refuses
+samplers that do not fit its labels). Whatever the sampler, the loader is the same: with N
 processes each one takes its 1/N slice of every global batch (`train.batch_size` is the global
 batch, so a run means the same on 1 or 8 GPUs), and every worker reseeds its augmentation.
 """

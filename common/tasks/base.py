@@ -15,7 +15,8 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import pandas as pd
 
-from common.core.registry import Registry
+from common.core.errors import ConfigError
+from common.core.registry import Registry, is_none
 
 TASKS = Registry("task")
 
@@ -26,6 +27,8 @@ class Task:
     lower_is_better: ClassVar[bool] = False
     fold_marker: ClassVar[str] = "oof.csv"    # written last by train_fold: its presence marks the fold finished
     default_sampler: ClassVar[str] = "random"  # `train.sampler=auto` means this (or pk for a pair loss)
+    samplers: ClassVar[tuple[str, ...]] = ("random", "pk", "class_balanced")  # the ones that fit its labels
+    fold_files: ClassVar[tuple[str, ...]] = ("best.pt",)  # what predict needs of each trained fold
     # config keys whose values name registry entries this task uses (checked before a run folder exists)
     registry_keys: ClassVar[tuple[str, ...]] = ("augment.train", "augment.valid", "train.sampler")
     # keys `predict` may change in a finished run's saved config, besides the engine's own
@@ -38,6 +41,9 @@ class Task:
     @classmethod
     def check(cls, cfg) -> None:
         """Refuse bad choices of this task's own keys with a ConfigError (no data read yet)."""
+        if cfg.train.sampler not in ("auto", *cls.samplers):
+            raise ConfigError(f"train.sampler={cfg.train.sampler} does not fit the {cls.name} task; "
+                              f"choose auto, {', '.join(cls.samplers)}")
 
     def split(self) -> np.ndarray:
         """The fold of every training item (-1: always in training)."""
@@ -73,3 +79,17 @@ class Task:
 
     def summary(self, metrics: dict) -> str:
         raise NotImplementedError
+
+
+class EmbeddingTask(Task):
+    """What identification and recognition share: a margin head and/or a pair loss on embeddings,
+    and a classes.json beside each fold's model."""
+
+    registry_keys = Task.registry_keys + ("model.head", "model.loss", "loss.distance", "loss.miner")
+    fold_files = ("best.pt", "classes.json")
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        if is_none(cfg.model.head) and is_none(cfg.model.loss):
+            raise ConfigError("model.head=none needs a pair loss (model.loss=triplet|contrastive|ntxent)")

@@ -8,7 +8,8 @@ predict: a finished run on (possibly other) data. Its rule, written once: the ru
          anything else is refused, since a model predicted under other settings than those it was
          tuned with (TTA, image size, threshold) would silently score worse.
 
-Every process runs this code under torchrun (`gpus=N` / `nproc=N`); only the main one writes.
+`train` runs in every process under torchrun (`gpus=N` / `nproc=N`) and only the main one writes;
+`predict` runs in one process (its `gpus` picks the device).
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def train(comp, cfg) -> Path:
     run, cfg = open_run(comp, cfg, check=lambda c: validate_config(c, cls))
     main = distributed.is_main()
     seed_everything(cfg.seed)
-    root = resolve_data_root(cfg, comp.name, comp.slug, comp.write_demo)
+    started = time.time()
+    root = Path(distributed.on_main(resolve_data_root, cfg, comp.name, comp.slug, comp.write_demo))  # demo: once
     task = cls(comp, cfg, root, purpose="train")
     folds = task.split()
     if main:
@@ -54,7 +56,6 @@ def train(comp, cfg) -> Path:
         write_csv_atomic(task.fold_table(folds), run / "folds.csv")
     print(f"{comp.name}: {task.describe()}; data {root}; run {run}", flush=True)
 
-    started = time.time()
     fold_dirs = []
     for fold in run_folds(cfg):
         fold_dir = run / f"fold{fold}"
@@ -93,8 +94,10 @@ def predict_config(cls, cfg, run: Path):
     saved = read_saved_config(run / "config.yaml")
     for key in given:
         saved.set_path(key, cfg.get_path(key))
+    saved.data.cache_dir = cfg.data.cache_dir  # where, not what: never the training machine's folder
     saved.data.limit = None  # the whole gallery, whatever the training run used
     saved.resume = False
+    validate_config(saved, cls)
     return saved
 
 
@@ -109,7 +112,7 @@ def predict(comp, cfg) -> Path:
         raise DataError(f"{metrics_path}: missing (run '{run.name}' did not finish, so it has no tuned post-processing)")
     metrics = json.loads(metrics_path.read_text())
     fold_dirs = [run / f"fold{f}" for f in run_folds(saved)]
-    missing = [str(d / "best.pt") for d in fold_dirs if not (d / "best.pt").exists()]
+    missing = [str(d / name) for d in fold_dirs for name in cls.fold_files if not (d / name).exists()]
     if missing:
         raise DataError(f"run '{run.name}': no trained model in {', '.join(missing)}")
     root = resolve_data_root(saved, comp.name, comp.slug, comp.write_demo)

@@ -28,7 +28,7 @@ from common.metrics.scores import map_at_k, roc_curve_pairs, verification_metric
 from common.models.factory import build_model, without_init
 from common.retrieval.index import build_index, rank_classes, search
 from common.retrieval.new_class import insert_new_class, tune_threshold
-from common.tasks.base import TASKS, Task
+from common.tasks.base import TASKS, EmbeddingTask
 
 
 def trivial_baseline(train_labels, truth, new_label: str, k: int = 5) -> float:
@@ -58,9 +58,8 @@ def score_ranking(labels, scores, truth, new_label: str) -> dict:
 
 
 @TASKS.register("identification")
-class Identification(Task):
+class Identification(EmbeddingTask):
     name, metric = "identification", "map5"
-    registry_keys = Task.registry_keys + ("model.head", "model.loss", "loss.distance", "loss.miner")
     predict_overrides = ("infer.new_whale",)
 
     def __init__(self, comp, cfg, root: Path, *, purpose: str):

@@ -45,20 +45,22 @@ from common.metrics.scores import gap
 from common.models.factory import build_model, without_init
 from common.retrieval.vote import (NOT_A_CLASS, Neighbours, VoteSettings, best_settings, find_neighbours, gap_of_codes,
                                    predictions, tune_vote, vote)
-from common.tasks.base import TASKS, Task
+from common.tasks.base import TASKS, EmbeddingTask
 
 EPOCH_EVALUATIONS = Registry("epoch evaluation", keys=("recognition.epoch_eval",))
 
 
-def score(labels: Sequence, confidences: np.ndarray, truth: Sequence) -> float:
-    """The reported number: common.metrics.scores.gap itself."""
-    return gap(list(labels), np.asarray(confidences, np.float64), list(truth))
+def score(labels: Sequence, confidences: np.ndarray, truth: Sequence, ids: Sequence | None = None) -> float:
+    """The reported number: common.metrics.scores.gap itself (ties by query id when `ids` are given,
+    as Kaggle breaks them; out-of-fold queries, where a distractor can be a query of several
+    folds, keep their order)."""
+    return gap(list(labels), np.asarray(confidences, np.float64), list(truth), ids=ids)
 
 
-def trivial_baseline(train_labels: Sequence, truth: Sequence) -> float:
+def trivial_baseline(train_labels: Sequence, truth: Sequence, ids: Sequence | None = None) -> float:
     """GAP with no model: the most frequent training class for every image, one confidence for all."""
     most_frequent = pd.Series(list(train_labels)).value_counts().index[0]
-    return score([most_frequent] * len(truth), np.ones(len(truth)), truth)
+    return score([most_frequent] * len(truth), np.ones(len(truth)), truth, ids)
 
 
 @dataclass
@@ -111,15 +113,15 @@ def knn_evaluation(state: "Recognition", fold: FoldData) -> Callable:
 
 
 @TASKS.register("recognition")
-class Recognition(Task):
+class Recognition(EmbeddingTask):
     name, metric = "recognition", "gap"
     default_sampler = "class_balanced"
-    registry_keys = Task.registry_keys + ("model.head", "model.loss", "loss.distance", "loss.miner",
-                                          "recognition.epoch_eval")
+    registry_keys = EmbeddingTask.registry_keys + ("recognition.epoch_eval",)
     predict_overrides = ("recognition.rerank", "recognition.distractors")
 
     @classmethod
     def check(cls, cfg) -> None:
+        super().check(cfg)
         share = cfg.recognition.val_distractor_share
         if not isinstance(share, (int, float)) or not 0 <= share < 1:
             raise ConfigError(f"recognition.val_distractor_share={share!r}: must lie in [0, 1)")
@@ -259,9 +261,9 @@ class Recognition(Task):
         row_of = {image: i for i, image in enumerate(store.ids)}
         return np.asarray(store.array()[[row_of[i] for i in members.image]], dtype=np.float32)
 
-    def _store_dir(self, fold_dir: Path, run: Path, metrics: dict) -> Path:
-        """Embeddings of the training data root live in the fold; another root's under predict_embeddings/."""
-        if self.purpose == "train" or str(self.root) == metrics.get("data_root"):
+    def _store_dir(self, fold_dir: Path, run: Path) -> Path:
+        """Embeddings computed by train live in the fold; predict's under predict_embeddings/<data root>."""
+        if self.purpose == "train":  # predict never rewrites a fold's stores (the kernel ships its distractors)
             return fold_dir / "embeddings"
         where = hashlib.sha1(str(self.root).encode()).hexdigest()[:12]
         return run / "predict_embeddings" / where / fold_dir.name
@@ -277,7 +279,7 @@ class Recognition(Task):
         parts = ["train", "test"] + (["distractors"] if self.distractors else [])
         joined: dict[str, list] = {p: [] for p in ("train", "test", "distractors")}
         for fold_dir in fold_dirs:
-            directory, key = self._store_dir(fold_dir, run, metrics), checkpoint_key(fold_dir, cfg)
+            directory, key = self._store_dir(fold_dir, run), checkpoint_key(fold_dir, cfg)
             stores = {p: EmbeddingStore(directory / p, self.ids[p], cfg.model.embedding_dim,
                                         chunk_size=int(cfg.recognition.chunk_size), key=key) for p in parts}
             if not all(s.complete for s in stores.values()):
@@ -319,9 +321,10 @@ class Recognition(Task):
         truth = [truth_by_image.get(i) for i in self.ids["test"]]
         truth = [t if t is not None and not (isinstance(t, float) and np.isnan(t)) and str(t) != "" else None
                  for t in truth]
-        out["test_gap_plain"] = score(*predictions(self.test_nb, VoteSettings(**metrics["vote"])), truth)
-        out["test_gap"] = score([a[0] for a in answers], np.array([a[1] for a in answers]), truth)
-        out["test_baseline_gap"] = trivial_baseline(self.labels, truth)
+        ids = self.ids["test"]
+        out["test_gap_plain"] = score(*predictions(self.test_nb, VoteSettings(**metrics["vote"])), truth, ids)
+        out["test_gap"] = score([a[0] for a in answers], np.array([a[1] for a in answers]), truth, ids)
+        out["test_baseline_gap"] = trivial_baseline(self.labels, truth, ids)
         out["test_images"] = len(truth)
         out["test_non_member_share"] = float(np.mean([t is None for t in truth]))
         return out

@@ -101,10 +101,15 @@ class Video(Task):
     name, metric, lower_is_better = "video", "logloss", True
     fold_marker = "oof_frames.csv"
     default_sampler = "binary_balanced"
+    samplers = ("random", "binary_balanced")
     registry_keys = Task.registry_keys + ("infer.aggregation", "faces.detector", "calibrate.objective")
 
     @classmethod
     def check(cls, cfg) -> None:
+        super().check(cfg)
+        if cfg.train.class_weights and cfg.train.sampler != "random":
+            raise ConfigError("train.class_weights=true balances the classes in the loss: use it with "
+                              "train.sampler=random (the default sampler balances them already)")
         if cfg.blend.mode not in BLEND_MODES:
             raise ConfigError(f"blend.mode={cfg.blend.mode}; choose from {', '.join(BLEND_MODES)}")
         grid = cfg.calibrate.eps_grid
@@ -202,7 +207,7 @@ class Video(Task):
     def predict(self, fold_dirs, metrics: dict, run: Path) -> np.ndarray:
         self.run = run
         if self.purpose == "predict":
-            predictor = VideoPredictor.load(run, fold_dirs, device=self.device, progress=self.cfg.progress)
+            predictor = VideoPredictor.load(run, fold_dirs, cfg=self.cfg, device=self.device, progress=self.cfg.progress)
             return predictor.predict(self.test.path)
         calibration = json.loads((run / "calibration.json").read_text())
         models = [load_best(build_classifier(self.cfg, pretrained=False), d, self.device) for d in fold_dirs]

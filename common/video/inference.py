@@ -186,16 +186,17 @@ class VideoPredictor:
         self.failures: list[str] = []  # videos answered UNKNOWN
 
     @classmethod
-    def load(cls, weights_dir: str | Path, fold_dirs: Sequence[Path] | None = None, *, device=None,
+    def load(cls, weights_dir: str | Path, fold_dirs: Sequence[Path] | None = None, *, cfg=None, device=None,
              progress: bool = True) -> "VideoPredictor":
         """From a folder holding config.yaml, calibration.json and the fold models (a run directory):
-        `fold_dirs`, else the run's `train.run_folds`."""
+        `fold_dirs`, else the run's `train.run_folds`; `cfg`: the run's config as predict resolved it
+        (default: its config.yaml)."""
         from common.engine.trainer import load_checkpoint
 
         weights_dir = Path(weights_dir)
         if not (weights_dir / "config.yaml").is_file():
             raise DataError(f"{weights_dir}: no config.yaml (not a run directory or weights dataset)")
-        cfg = read_saved_config(weights_dir / "config.yaml")
+        cfg = cfg if cfg is not None else read_saved_config(weights_dir / "config.yaml")
         if fold_dirs is None:
             folds = cfg.train.run_folds if cfg.train.run_folds is not None else range(cfg.train.folds)
             fold_dirs = [weights_dir / f"fold{f}" for f in folds]

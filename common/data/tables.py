@@ -84,3 +84,23 @@ def test_images(root: Path, folder: str, sample_columns: Sequence[str]) -> pd.Da
         return pd.DataFrame({"image": [p.name for p in found], "path": [str(p) for p in found]})
     table = image_table(sample, sample_columns, sample_columns[0], Path(root) / folder)
     return pd.DataFrame({"image": table[sample_columns[0]].astype(str), "path": table.path})
+
+
+def check_rows_match_sample(frame: pd.DataFrame, sample: pd.DataFrame, column: str, where: str, what: str) -> None:
+    """The sample submission's rows, in its order, as Kaggle's scorers of these competitions expect."""
+    if len(frame) != len(sample):
+        raise DataError(f"{where}: {len(frame)} rows, sample_submission.csv has {len(sample)}")
+    mismatch = frame[column].astype(str).to_numpy() != sample[column].astype(str).to_numpy()
+    if mismatch.any():
+        i = int(mismatch.argmax())
+        raise DataError(f"{where}: row {i + 1} is {what} {frame[column].iloc[i]}, sample_submission.csv has "
+                        f"{sample[column].iloc[i]} (same {what}s, same order required)")
+
+
+def read_truth_csv(root: Path, columns: Sequence[str]) -> pd.DataFrame | None:
+    """The demo's test_truth.csv as `image, label` (columns: the id's, the label's); None without one."""
+    path = Path(root) / "test_truth.csv"
+    if not path.exists():
+        return None
+    table = read_csv_columns(path, list(columns))
+    return pd.DataFrame({"image": table[columns[0]].astype(str), "label": table[columns[1]].astype(str)})

@@ -60,7 +60,7 @@ def map_at_k(predictions: Sequence[Sequence[str]], truth: Sequence[str], k: int 
 # --------------------------------------------------------------------------------------------
 # GAP (Google Landmark Recognition)
 # --------------------------------------------------------------------------------------------
-def _is_missing(value) -> bool:
+def is_missing(value) -> bool:
     """True for None, NaN (any float type), pandas NA and the empty string."""
     if value is None:
         return True
@@ -78,7 +78,7 @@ def _id_ranks(ids: Sequence, n: int) -> np.ndarray:
         raise ValueError(f"gap: ids must hold one id per image ({n}), got {len(ids)}")
     values = np.empty(n, dtype=object)
     values[:] = list(ids)
-    missing = [i for i, v in enumerate(values) if _is_missing(v)]
+    missing = [i for i, v in enumerate(values) if is_missing(v)]
     if missing:
         raise ValueError(f"gap: query id at position {missing[0]} is missing ({values[missing[0]]!r})")
     try:
@@ -118,12 +118,12 @@ def gap(pred_labels: Sequence, confidences: Sequence[float], true_labels: Sequen
             f"gap: lengths differ (pred_labels={len(pred_labels)}, confidences={len(confidences)}, "
             f"true_labels={n})"
         )
-    truth_is_landmark = np.array([not _is_missing(t) for t in true_labels], dtype=bool)
+    truth_is_landmark = np.array([not is_missing(t) for t in true_labels], dtype=bool)
     n_landmark_images = int(truth_is_landmark.sum())
     if n_landmark_images == 0:
         raise ValueError("gap: no image has a landmark true label, GAP is undefined (M = 0)")
 
-    has_prediction = np.array([not _is_missing(p) for p in pred_labels], dtype=bool)
+    has_prediction = np.array([not is_missing(p) for p in pred_labels], dtype=bool)
     rows = np.flatnonzero(has_prediction)
     conf = np.asarray(confidences, dtype=np.float64)[rows]
     if not np.all(np.isfinite(conf)):

@@ -10,18 +10,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-
-def _is_padding(label) -> bool:
-    """True for what stands in for "no label": None (rank_classes' padding), NaN / pandas NA (the
-    same padding after a DataFrame round trip) and the empty string."""
-    if label is None:
-        return True
-    if isinstance(label, str):
-        return label == ""
-    try:
-        return bool(pd.isna(label))
-    except (TypeError, ValueError):  # array-like: not a label we know how to read, keep it
-        return False
+from common.metrics.scores import is_missing as _is_padding  # None (rank_classes' padding), NaN, NA, ''
 
 
 def _known_entries(row_labels: Sequence, row_scores: Sequence[float], new_label: str, k: int):

@@ -70,8 +70,16 @@ class Task:
         """The test answers that `comp.write_submission` takes, with the fold models ensembled."""
         raise NotImplementedError
 
+    id_column: ClassVar[str] = "image"  # the test table's id column (`self.test`), also the truth's
+
     def test_ids(self) -> list[str]:
-        raise NotImplementedError
+        return self.test[self.id_column].astype(str).tolist()
+
+    def test_truth(self) -> pd.Series | None:
+        """The truth's labels in test order (None when the data root has no truth)."""
+        if self.truth is None:
+            return None
+        return self.truth.set_index(self.id_column).loc[self.test[self.id_column], "label"]
 
     def score_test(self, answers: Any, metrics: dict) -> dict:
         """test_<metric> and the trivial baseline when the data root has the truth; {} otherwise."""

@@ -68,13 +68,13 @@ class Identification(EmbeddingTask):
         self.train_df = comp.read_train(self.root, cfg)
         if cfg.data.limit and purpose == "train":
             self.train_df = self.train_df.iloc[: int(cfg.data.limit)].reset_index(drop=True)
-        self.test_df = comp.read_test(self.root)
+        self.test = comp.read_test(self.root)
         self.truth = comp.read_truth(self.root)
         self.labels = self.train_df.label.to_numpy(dtype=object)
         if not (self.labels != self.new_label).any():
             raise DataError(f"{self.root}: no training image with a known identity (every label is {self.new_label})")
         self.device = distributed.init(cfg)
-        self.images = ImageSet(cfg, comp.name, self.train_df, self.test_df)
+        self.images = ImageSet(cfg, comp.name, self.train_df, self.test)
 
     def embed(self, model, rows, desc: str, tta: bool | None = None) -> np.ndarray:
         return self.images.embed(model, rows, self.device, desc, tta)
@@ -91,7 +91,7 @@ class Identification(EmbeddingTask):
 
     def describe(self) -> str:
         return (f"{len(self.labels)} train images, {len(set(self.labels) - {self.new_label})} identities, "
-                f"{len(self.test_df)} test images")
+                f"{len(self.test)} test images")
 
     def train_fold(self, fold: int, folds: np.ndarray, fold_dir: Path, log_path: Path) -> None:
         cfg, new_label, labels = self.cfg, self.new_label, self.labels
@@ -184,13 +184,10 @@ class Identification(EmbeddingTask):
             return known(insert_new_class(ranked, scores, metrics["threshold"], new_label=new_label))
         return [row[:5] for row in known(ranked)]
 
-    def test_ids(self) -> list[str]:
-        return self.test_df.image.astype(str).tolist()
-
     def score_test(self, answers, metrics: dict) -> dict:
         if self.truth is None:
             return {}
-        truth = self.truth.set_index("image").loc[self.test_df.image, "label"].tolist()
+        truth = self.test_truth().tolist()
         return {"test_map5": map_at_k(answers, truth),
                 "test_baseline_map5": trivial_baseline(self.labels, truth, self.new_label)}
 

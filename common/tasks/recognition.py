@@ -133,14 +133,14 @@ class Recognition(EmbeddingTask):
             self.train_df = self.train_df.iloc[: int(cfg.data.limit)].reset_index(drop=True)
         if self.train_df.empty:
             raise DataError(f"{self.root}: no training image to search against")
-        self.test_df = comp.read_test(self.root)
+        self.test = comp.read_test(self.root)
         self.truth = comp.read_truth(self.root)
         self.device = distributed.init(cfg)
         self.distractor_dir, self.distractors = resolve_distractors(cfg, self.root)
-        self.images = ImageSet(cfg, comp.name, self.train_df, self.test_df, self.distractors)
+        self.images = ImageSet(cfg, comp.name, self.train_df, self.test, self.distractors)
         self.rows = {"train": self.images.rows["train"], "test": self.images.rows["test"],
                      "distractors": self.images.rows["extra"]}
-        self.ids = {"train": self.train_df.image.astype(str).tolist(), "test": self.test_df.image.astype(str).tolist(),
+        self.ids = {"train": self.train_df.image.astype(str).tolist(), "test": self.test.image.astype(str).tolist(),
                     "distractors": [p.relative_to(self.distractor_dir).as_posix() for p in self.distractors]}
         self.labels = self.train_df.label.astype(str).to_numpy(dtype=object)
 
@@ -170,7 +170,7 @@ class Recognition(EmbeddingTask):
         return pd.DataFrame({"image": self.train_df.image, "label": self.labels, "fold": folds})
 
     def describe(self) -> str:
-        return (f"{len(self.labels)} train images, {len(set(self.labels))} classes, {len(self.test_df)} test images, "
+        return (f"{len(self.labels)} train images, {len(set(self.labels))} classes, {len(self.test)} test images, "
                 f"{len(self.distractors)} distractors")
 
     def fold_data(self, folds: np.ndarray, fold: int) -> FoldData:
@@ -308,9 +308,6 @@ class Recognition(EmbeddingTask):
         self.test_nb, self.test_settings = nb, settings
         labels, confidences = predictions(nb, settings)
         return list(zip(labels, confidences))
-
-    def test_ids(self) -> list[str]:
-        return self.ids["test"]
 
     def score_test(self, answers, metrics: dict) -> dict:
         """GAP on the test set when the data root has its truth (the demo does), with and without re-ranking."""

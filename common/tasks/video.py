@@ -102,6 +102,7 @@ class Video(Task):
     fold_marker = "oof_frames.csv"
     default_sampler = "binary_balanced"
     samplers = ("random", "binary_balanced")
+    id_column = "video"
     registry_keys = Task.registry_keys + ("infer.aggregation", "faces.detector", "calibrate.objective")
 
     @classmethod
@@ -217,13 +218,10 @@ class Video(Task):
             warnings.warn(f"{sum(f is None for f in faces)} unreadable test video(s) answered 0.5", stacklevel=2)
         return predictor.predict_faces(faces)
 
-    def test_ids(self) -> list[str]:
-        return self.test.video.astype(str).tolist()
-
     def score_test(self, answers, metrics: dict) -> dict:
         if self.truth is None:
             return {}
-        truth = self.truth.set_index("video").loc[self.test.video, "label"].to_numpy()
+        truth = self.test_truth().to_numpy()
         if self.purpose == "train":
             reliability_plot(answers, truth, self.run / "reliability_test.png", "test videos (calibrated)")
         return {"test_logloss": log_loss(truth, answers), "test_baseline_logloss": log_loss(truth, np.full(len(truth), 0.5)),

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from common.core.errors import DataError
+from common.data.tables import check_rows_match_sample
 
 
 def validate_submission(frame: pd.DataFrame, sample: pd.DataFrame | None = None, where: str = "submission") -> None:
@@ -18,13 +19,7 @@ def validate_submission(frame: pd.DataFrame, sample: pd.DataFrame | None = None,
     if list(frame.columns) != ["filename", "label"]:
         raise DataError(f"{where}: columns must be filename,label, got {','.join(map(str, frame.columns))}")
     if sample is not None:
-        if len(frame) != len(sample):
-            raise DataError(f"{where}: {len(frame)} rows, sample_submission.csv has {len(sample)}")
-        mismatch = frame.filename.astype(str).to_numpy() != sample.filename.astype(str).to_numpy()
-        if mismatch.any():
-            i = int(mismatch.argmax())
-            raise DataError(f"{where}: row {i + 1} is video {frame.filename.iloc[i]}, "
-                            f"sample_submission.csv has {sample.filename.iloc[i]} (same videos, same order required)")
+        check_rows_match_sample(frame, sample, "filename", where, "video")
     if frame.filename.duplicated().any():
         raise DataError(f"{where}: video {frame.filename[frame.filename.duplicated()].iloc[0]} appears twice")
     labels = pd.to_numeric(frame.label, errors="coerce").to_numpy(dtype=np.float64)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from common.core.competition import COMPETITIONS, Competition
 from common.core.errors import DataError
-from common.data.tables import image_table, read_csv_columns, test_images
+from common.data.tables import image_table, read_truth_csv, test_images
 
 # Raw species name -> the name the organisers meant (two typos, three species they later merged).
 SPECIES_FIXES = {
@@ -61,11 +61,7 @@ class HappyWhale(Competition):
 
     def read_truth(self, root: Path) -> pd.DataFrame | None:
         """The demo's test_truth.csv (`image,individual_id`) -> image, label; None on Kaggle's data."""
-        path = Path(root) / "test_truth.csv"
-        if not path.exists():
-            return None
-        table = read_csv_columns(path, ["image", "individual_id"])
-        return pd.DataFrame({"image": table.image, "label": table.individual_id})
+        return read_truth_csv(root, ["image", "individual_id"])
 
     def submission_frame(self, ids: Sequence[str], answers: Sequence[Sequence[str]]) -> pd.DataFrame:
         return pd.DataFrame({"image": list(ids), "predictions": [" ".join(map(str, a)) for a in answers]})

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from common.core.competition import COMPETITIONS, Competition
-from common.data.tables import image_table, read_csv_columns, test_images
+from common.data.tables import image_table, read_truth_csv, test_images
 
 
 class Whales(Competition):
@@ -32,11 +32,7 @@ class Whales(Competition):
 
     def read_truth(self, root: Path) -> pd.DataFrame | None:
         """The demo's test_truth.csv (`Image,Id`) -> image, label; None on Kaggle's data."""
-        path = Path(root) / "test_truth.csv"
-        if not path.exists():
-            return None
-        table = read_csv_columns(path, ["Image", "Id"])
-        return pd.DataFrame({"image": table.Image.astype(str), "label": table.Id.astype(str)})
+        return read_truth_csv(root, ["Image", "Id"])
 
     def submission_frame(self, ids: Sequence[str], answers: Sequence[Sequence[str]]) -> pd.DataFrame:
         return pd.DataFrame({"Image": list(ids), "Id": [" ".join(a) for a in answers]})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from common.core.errors import DataError
+from common.data.tables import check_rows_match_sample
 
 MAX_LABELS = 5  # MAP@5: labels beyond the fifth are never scored, Kaggle refuses them
 
@@ -27,13 +28,7 @@ def validate_submission(frame: pd.DataFrame, sample: pd.DataFrame | None = None,
     if list(frame.columns) != ["Image", "Id"]:
         raise DataError(f"{where}: columns must be Image,Id, got {','.join(map(str, frame.columns))}")
     if sample is not None:
-        if len(frame) != len(sample):
-            raise DataError(f"{where}: {len(frame)} rows, sample_submission.csv has {len(sample)}")
-        mismatch = (frame.Image.astype(str).to_numpy() != sample.Image.astype(str).to_numpy())
-        if mismatch.any():
-            i = int(mismatch.argmax())
-            raise DataError(f"{where}: row {i + 1} is image {frame.Image.iloc[i]}, "
-                            f"sample_submission.csv has {sample.Image.iloc[i]} (same images, same order required)")
+        check_rows_match_sample(frame, sample, "Image", where, "image")
     if frame.Image.duplicated().any():
         raise DataError(f"{where}: image {frame.Image[frame.Image.duplicated()].iloc[0]} appears twice")
     for image, ids in zip(frame.Image, frame.Id):

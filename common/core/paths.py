@@ -7,6 +7,7 @@ data, generated on first use. `KAGGLE_ROOT` points the toolkit at a fake `/kaggl
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -70,43 +71,94 @@ def resolve_data_root(cfg, competition: str, slug: str, write_demo: Callable[[Pa
     return demo
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*")
+# keys a resumed run may change: how it runs, not what it computes
+RESUMABLE_KEYS = ("resume", "progress", "threads", "data.num_workers", "data.root", "data.cache_dir",
+                  "infer.batch_size", "gpus", "nproc", "nodes", "dist.node_rank", "dist.master_addr",
+                  "dist.master_port", "run.name", "run.root")
+
+
 def run_dir(cfg, competition: str, *, create: bool) -> Path:
-    """`outputs/<competition>/<run.name>/`; a new run never reuses another run's folder."""
+    """`outputs/<competition>/<run.name>/`; a new run never reuses another run's folder.
+
+    `run.name` is a name, not a path (`run.root` puts runs elsewhere): a `..`, a separator or an
+    absolute path is refused, so a run never writes outside `<run.root>/<competition>/`.
+    """
     if not cfg.run.get("name"):
         if not create:
             raise ConfigError("this command needs run.name=NAME (a finished run's name)")
         cfg.run.name = time.strftime("%Y%m%d-%H%M%S")
-    path = outputs_root(cfg) / competition / str(cfg.run.name)
+    name = str(cfg.run.name)
+    if not RUN_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"run.name={name!r} is a name, not a path (letters, digits and . _ - = +); "
+                          "use run.root=DIR to put runs elsewhere")
+    path = outputs_root(cfg) / competition / name
     if create:
-        if path.exists() and any(path.iterdir()) and not cfg.get("resume"):
+        if path.exists() and any(p.name != ".lock" for p in path.iterdir()) and not cfg.get("resume"):
             raise ConfigError(
                 f"run directory {path} already exists; pick another run.name or pass resume=true to continue it"
             )
         path.mkdir(parents=True, exist_ok=True)
     elif not path.is_dir():
-        raise ConfigError(f"no run named '{cfg.run.name}' in {path.parent}")
+        raise ConfigError(f"no run named '{name}' in {path.parent}")
     return path
 
 
-def open_run(comp, cfg, check=None):
-    """A `train` command's run directory and the config it runs with.
-
-    `resume=true` with an existing run continues it with its saved config; `check(cfg)` validates
-    choices before any folder is made; with several processes the main one creates the folder and
-    the timestamp name is shared.
-    """
-    from common.engine import distributed
+def run_config(comp, cfg):
+    """The config a `train` (or `pretrain`) runs with: with `resume=true` and an existing run, its saved
+    config, where the command line may change only RESUMABLE_KEYS; another changed value is refused
+    with the differences listed (resuming would silently keep the saved one)."""
     from common.core.config import read_saved_config
 
-    distributed.init(cfg)  # joins the process group when launched by torchrun
-    if cfg.get("resume") and cfg.run.get("name"):
-        saved = run_dir(cfg, competition=comp.name, create=False) / "config.yaml"
-        if saved.exists():
-            cfg = read_saved_config(saved)
-            cfg.resume = True
-    if check is not None:
-        check(cfg)
+    if not (cfg.get("resume") and cfg.run.get("name")):
+        return cfg
+    saved_path = run_dir(cfg, competition=comp.name, create=False) / "config.yaml"
+    if not saved_path.exists():
+        return cfg
+    saved = read_saved_config(saved_path)
+    differ = [key for key in cfg.command_line_keys if _value(saved, key) != _value(cfg, key)]
+    refused = [key for key in differ if key not in RESUMABLE_KEYS]
+    if refused:
+        listed = "; ".join(f"{k}: {_value(saved, k)!r} saved, {_value(cfg, k)!r} given" for k in refused)
+        raise ConfigError(f"resume=true continues run '{cfg.run.name}' with its saved settings ({saved_path}), "
+                          f"but the command line changes {listed}. Start a new run.name to change them "
+                          f"(a resumed run may change only {', '.join(RESUMABLE_KEYS)})")
+    for key in differ:
+        saved.set_path(key, cfg.get_path(key))
+    saved.resume = True
+    return saved
+
+
+def _value(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def create_run(comp, cfg) -> Path:
+    """The run folder, made and locked by the main process (the others learn its path): a second
+    process with the same run.name is refused while the first one lives."""
+    from common.core.locks import hold_run_lock
+    from common.engine import distributed
+
     if not cfg.run.get("name"):
         cfg.run.name = distributed.broadcast(time.strftime("%Y%m%d-%H%M%S"))
-    run = run_dir(cfg, comp.name, create=True) if distributed.is_main() else None
-    return Path(distributed.broadcast(str(run))), cfg
+    run = None
+    if distributed.is_main():
+        run = run_dir(cfg, comp.name, create=True)
+        hold_run_lock(run)
+    return Path(distributed.broadcast(str(run)))
+
+
+def open_run(comp, cfg, check=None):
+    """run_config -> check(cfg) (before any folder exists) -> create_run; returns (run, cfg)."""
+    from common.engine import distributed
+
+    distributed.init(cfg)  # joins the process group when launched by torchrun
+    cfg = run_config(comp, cfg)
+    if check is not None:
+        check(cfg)
+    return create_run(comp, cfg), cfg

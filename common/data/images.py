@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,9 +22,27 @@ from tqdm import tqdm
 from common.core.errors import DataError
 
 
+def truncated(path: str | Path) -> bool:
+    """A JPEG without its end-of-image marker, or a PNG without IEND: libjpeg decodes such a file as
+    partly flat grey with a nameless warning, which would be trained on silently."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 4096))
+        tail = f.read()
+    if head[:3] == b"\xff\xd8\xff":
+        return b"\xff\xd9" not in tail
+    if head == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in tail
+    return False
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Read any image mode (grey, palette, RGBA, 16-bit) as an RGB uint8 array; DataError if unreadable."""
+    """Read any image mode (grey, palette, RGBA, 16-bit) as an RGB uint8 array; DataError if unreadable
+    or truncated."""
     path = str(path)
+    if truncated(path):
+        raise DataError(f"{path}: truncated image (its end-of-image marker is missing): re-download or remove it")
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
         try:  # cv2 cannot read some formats (e.g. GIF): fall back to Pillow
@@ -42,6 +61,22 @@ def load_rgb(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def _content_hash(path: str) -> str:
+    """A fast hash of a file's bytes: all of them up to 256 KiB, else the size and both ends."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= 1 << 18:
+                return hashlib.blake2b(f.read(), digest_size=12).hexdigest()
+            h = hashlib.blake2b(str(size).encode(), digest_size=12)
+            h.update(f.read(1 << 17))
+            f.seek(-(1 << 17), os.SEEK_END)
+            h.update(f.read())
+            return h.hexdigest()
+    except OSError:
+        return "missing"
+
+
 def check_files_exist(paths: Sequence[str | Path], listed_in: str | Path) -> None:
     """Fail before training when a listed image is missing, naming both files."""
     missing = [str(p) for p in paths if not Path(p).is_file()]
@@ -53,12 +88,21 @@ def check_files_exist(paths: Sequence[str | Path], listed_in: str | Path) -> Non
 class ImageCache:
     """All images of a table, decoded once and resized to (height, width), in a uint8 memmap.
 
-    The cache key covers the file list, the size and the files' sizes and mtimes, so a changed
-    dataset never reuses a stale cache. Building is threaded (cv2 releases the GIL).
+    The cache trusts nothing it has not checked: its key covers the file list, the size and each
+    file's content (all bytes of a file up to 256 KiB, else its size and first and last 128 KiB), so
+    an image changed with its size and mtime kept (`cp -p`, `rsync -a`, unzip) gets a new entry; on
+    opening, the entry's file size and the checksums of a sample of rows are verified, and a
+    damaged entry is rebuilt with a printed line. One process fills an entry while others wait.
+    Building is threaded (cv2 releases the GIL).
     """
+
+    CHECKED_ROWS = 64
 
     def __init__(self, paths: Sequence[str | Path], size: tuple[int, int], cache_dir: str | Path | None,
                  workers: int = 4, progress: bool = True):
+        from common.core.files import write_json_atomic
+        from common.core.locks import filling
+
         self.paths = [str(p) for p in paths]
         self.size = (int(size[0]), int(size[1]))
         shape = (len(self.paths), self.size[0], self.size[1], 3)
@@ -70,20 +114,49 @@ class ImageCache:
         directory = Path(cache_dir)
         directory.mkdir(parents=True, exist_ok=True)
         file, done = directory / f"{key}.u8", directory / f"{key}.json"
-        if done.exists() and file.exists():
+        with filling(directory / f"{key}.lock"):
+            if self._intact(file, done, shape):
+                self.array = np.memmap(file, np.uint8, "r", shape=shape)
+                return
+            done.unlink(missing_ok=True)
+            self.array = np.memmap(file, np.uint8, "w+", shape=shape)
+            self._fill(range(len(self.paths)), workers, progress)
+            self.array.flush()
+            write_json_atomic(done, {"n": len(self.paths), "size": self.size, "first": self.paths[:1],
+                                     "rows": self._row_sums()})
             self.array = np.memmap(file, np.uint8, "r", shape=shape)
-            return
-        self.array = np.memmap(file, np.uint8, "w+", shape=shape)
-        self._fill(range(len(self.paths)), workers, progress)
-        self.array.flush()
-        done.write_text(json.dumps({"n": len(self.paths), "size": self.size, "first": self.paths[:1]}))
+
+    def _checked_rows(self) -> list[int]:
+        n = len(self.paths)
+        return sorted({int(i) for i in np.linspace(0, n - 1, min(n, self.CHECKED_ROWS))}) if n else []
+
+    def _row_sums(self) -> dict[str, str]:
+        return {str(i): hashlib.blake2b(np.ascontiguousarray(self.array[i]).tobytes(), digest_size=8).hexdigest()
+                for i in self._checked_rows()}
+
+    def _intact(self, file: Path, done: Path, shape) -> bool:
+        """A complete entry whose file has the right size and whose sampled rows are what was written."""
+        if not done.exists():
+            return False
+        expected = int(np.prod(shape))
+        if not file.exists() or file.stat().st_size != expected:
+            found = file.stat().st_size if file.exists() else "no"
+            print(f"image cache {file}: {found} bytes, expected {expected}; rebuilding it", flush=True)
+            return False
+        try:
+            rows = json.loads(done.read_text()).get("rows", {})
+        except (OSError, json.JSONDecodeError):
+            rows = None
         self.array = np.memmap(file, np.uint8, "r", shape=shape)
+        if rows != self._row_sums():
+            print(f"image cache {file}: its content changed since it was written; rebuilding it", flush=True)
+            return False
+        return True
 
     def _key(self) -> str:
         h = hashlib.sha1(repr(self.size).encode())
         for p in self.paths:
-            st = Path(p).stat() if Path(p).exists() else None
-            h.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+            h.update(f"{p}|{_content_hash(p)}\n".encode())
         return h.hexdigest()[:20]
 
     def _fill(self, indices, workers: int, progress: bool) -> None:

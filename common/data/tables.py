@@ -1,6 +1,7 @@
 """Reading a competition's CSV files and folders with errors that name the file and the problem."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -37,7 +38,27 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     found = sorted(p for p in pattern if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not found:
         raise DataError(f"{folder}: empty folder (no images)")
+    for path in found:
+        check_utf8_name(path)
     return found
+
+
+def check_utf8_name(path: Path) -> None:
+    """A file name that is not UTF-8 cannot be written to a submission: say which, by its bytes."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{path.parent}: file name {os.fsencode(path.name)!r} is not valid UTF-8; rename it") from None
+
+
+def confined(folder: Path, name: str, where: str) -> Path:
+    """`folder/name`, refusing a name that leaves `folder` (an absolute path, or `..` parts): a
+    competition file must not make the toolkit read outside its data root."""
+    name = str(name)
+    normal = os.path.normpath(name)
+    if os.path.isabs(name) or normal == ".." or normal.startswith(".." + os.sep):
+        raise DataError(f"{where}: {name!r} points outside {folder}")
+    return Path(folder) / name
 
 
 def resolve_distractors(cfg, root: Path) -> tuple[Path | None, list[Path]]:
@@ -70,7 +91,7 @@ def image_table(csv: Path, columns: Sequence[str], image_column: str, folder: Pa
     names = table[image_column].astype(str)
     if names.duplicated().any():
         raise DataError(f"{csv}: image {names[names.duplicated()].iloc[0]} listed twice")
-    table["path"] = [str(Path(folder) / name) for name in names]
+    table["path"] = [str(confined(folder, name, f"{csv}, row {i + 2}")) for i, name in enumerate(names)]
     check_files_exist(table.path, csv)
     return table
 

@@ -1,9 +1,10 @@
 """The Task interface: what the one engine (`common.tasks.engine`) asks of identification,
 recognition and video classification.
 
-A task is constructed on the data of one run and answers, in the engine's order:
-split -> train one fold -> (out-of-fold answers written by each fold) -> tune post-processing on
-them -> predict the test set -> score the test set (when the data root has its truth). The engine
+A task is constructed on the tables of one run (checking them) and answers, in the engine's order:
+prepare (caches) -> split -> train one fold -> (out-of-fold answers written by each fold) -> tune
+post-processing on them -> predict the test set -> score the test set (when the data root has its
+truth). The engine
 owns everything around that: the run folder, the saved config, the fold loop and its resume rule,
 processes, the submission, metrics.json and the summary. A new task registers itself in TASKS.
 """
@@ -35,8 +36,13 @@ class Task:
     predict_overrides: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, comp, cfg, root: Path, *, purpose: str):
-        """`purpose` is "train" (train and test data) or "predict" (what predicting a test set needs)."""
+        """Read the competition's tables and refuse data the task cannot learn from (DataError), before
+        any run folder exists. `purpose`: "train" (train and test data) or "predict" (what predicting a
+        test set needs)."""
         self.comp, self.cfg, self.root, self.purpose = comp, cfg, Path(root), purpose
+
+    def prepare(self) -> None:
+        """Decode and cache what the steps need (images, face crops), once the run folder exists."""
 
     @classmethod
     def check(cls, cfg) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from common.core.config import read_saved_config, save_config
 from common.core.errors import ConfigError, DataError
 from common.core.files import write_csv_atomic, write_json_atomic
-from common.core.paths import open_run, resolve_data_root, run_dir
+from common.core.paths import create_run, resolve_data_root, run_config, run_dir
 from common.core.validate import validate_config
 from common.engine import distributed
 from common.engine.trainer import seed_everything
@@ -44,12 +44,16 @@ def run_folds(cfg) -> list[int]:
 def train(comp, cfg) -> Path:
     """`train [key=value ...]`: every fold, the tuned post-processing, the test submission."""
     cls = task_class(comp)
-    run, cfg = open_run(comp, cfg, check=lambda c: validate_config(c, cls))
+    distributed.init(cfg)  # joins the process group when launched by torchrun
+    cfg = run_config(comp, cfg)  # resume=true: the saved config
+    validate_config(cfg, cls)
     main = distributed.is_main()
     seed_everything(cfg.seed)
     started = time.time()
     root = Path(distributed.on_main(resolve_data_root, cfg, comp.name, comp.slug, comp.write_demo))  # demo: once
-    task = cls(comp, cfg, root, purpose="train")
+    task = cls(comp, cfg, root, purpose="train")  # the tables, checked: nothing written yet
+    run = create_run(comp, cfg)
+    task.prepare()
     folds = task.split()
     if main:
         save_config(cfg, run / "config.yaml")
@@ -117,6 +121,7 @@ def predict(comp, cfg) -> Path:
         raise DataError(f"run '{run.name}': no trained model in {', '.join(missing)}")
     root = resolve_data_root(saved, comp.name, comp.slug, comp.write_demo)
     task = cls(comp, saved, root, purpose="predict")
+    task.prepare()
     answers = task.predict(fold_dirs, metrics, run)
     if not distributed.is_main():
         return run

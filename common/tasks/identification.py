@@ -71,19 +71,20 @@ class Identification(EmbeddingTask):
         self.test = comp.read_test(self.root)
         self.truth = comp.read_truth(self.root)
         self.labels = self.train_df.label.to_numpy(dtype=object)
-        if not (self.labels != self.new_label).any():
-            raise DataError(f"{self.root}: no training image with a known identity (every label is {self.new_label})")
+        n_known = len(set(self.labels) - {self.new_label})
+        if n_known < 2:
+            raise DataError(f"{self.root}: {n_known} known identities in the training data (the others are "
+                            f"{self.new_label}); identification needs two or more")
         self.device = distributed.init(cfg)
-        self.images = ImageSet(cfg, comp.name, self.train_df, self.test)
+
+    def prepare(self) -> None:
+        self.images = ImageSet(self.cfg, self.comp.name, self.train_df, self.test)
 
     def embed(self, model, rows, desc: str, tta: bool | None = None) -> np.ndarray:
         return self.images.embed(model, rows, self.device, desc, tta)
 
     # --- the engine's steps ----------------------------------------------------------------
     def split(self) -> np.ndarray:
-        n_known = len(set(self.labels) - {self.new_label})
-        if n_known < 2:
-            raise DataError(f"{self.root}: {n_known} known identity in the training data; identification needs two or more")
         return open_set_folds(self.labels, self.cfg.train.folds, self.cfg.seed, self.new_label)
 
     def fold_table(self, folds) -> pd.DataFrame:

@@ -137,12 +137,17 @@ class Recognition(EmbeddingTask):
         self.truth = comp.read_truth(self.root)
         self.device = distributed.init(cfg)
         self.distractor_dir, self.distractors = resolve_distractors(cfg, self.root)
-        self.images = ImageSet(cfg, comp.name, self.train_df, self.test, self.distractors)
-        self.rows = {"train": self.images.rows["train"], "test": self.images.rows["test"],
-                     "distractors": self.images.rows["extra"]}
+        self.labels = self.train_df.label.astype(str).to_numpy(dtype=object)
+        if purpose == "train" and (pd.Series(self.labels).value_counts() < 2).all():
+            raise DataError(f"{self.root}/train.csv: every class has a single image; validation needs classes "
+                            "with two or more (one stays in training, one is asked)")
         self.ids = {"train": self.train_df.image.astype(str).tolist(), "test": self.test.image.astype(str).tolist(),
                     "distractors": [p.relative_to(self.distractor_dir).as_posix() for p in self.distractors]}
-        self.labels = self.train_df.label.astype(str).to_numpy(dtype=object)
+
+    def prepare(self) -> None:
+        self.images = ImageSet(self.cfg, self.comp.name, self.train_df, self.test, self.distractors)
+        self.rows = {"train": self.images.rows["train"], "test": self.images.rows["test"],
+                     "distractors": self.images.rows["extra"]}
 
     def embed(self, model, rows, desc: str, tta: bool | None = None) -> np.ndarray:
         return self.images.embed(model, rows, self.device, desc, tta)

@@ -50,12 +50,19 @@ class VideoData:
     """Training and test videos with their faces in the cache (shared by `train` and `detect`)."""
 
     def __init__(self, comp, cfg, root: Path):
-        self.cfg, self.root = cfg, root
-        train = comp.read_train(root, cfg)
+        self.cfg, self.root, self.comp = cfg, root, comp
+        self.listed = comp.read_train(root, cfg)
         if cfg.data.limit:
-            train = train.iloc[: int(cfg.data.limit)]
+            self.listed = self.listed.iloc[: int(cfg.data.limit)]
+        if self.listed.group.nunique() < int(cfg.train.folds):
+            raise DataError(f"{root}: {self.listed.group.nunique()} groups of videos (originals) but "
+                            f"train.folds={cfg.train.folds}")
         self.test, self.truth = comp.read_test(root), comp.read_truth(root)
-        self.cache = FaceCache(FaceExtractor.from_config(cfg), cache_root(cfg) / comp.name / "faces",
+
+    def build(self) -> "VideoData":
+        """Every video's faces into the cache (resumable); unreadable training videos are left out."""
+        cfg, root, train = self.cfg, self.root, self.listed
+        self.cache = FaceCache(FaceExtractor.from_config(cfg), cache_root(cfg) / self.comp.name / "faces",
                                progress=cfg.progress, workers=cfg.faces.workers)
         started = time.time()
         self.errors = distributed.on_main(self.cache.build, list(train.path) + list(self.test.path))
@@ -78,6 +85,7 @@ class VideoData:
         self.train["found_faces"] = found
         self.crops = pd.concat(parts, ignore_index=True)
         self.reader = CropReader([self.cache.crop_file(p) for p in self.train.path])
+        return self
 
     def items(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(video row, crop index) pairs and labels of every crop of the given videos."""
@@ -88,7 +96,7 @@ class VideoData:
 def detect(comp, cfg) -> VideoData:
     """`detect`: cache the face crops of every training and test video (resumable)."""
     Video.check(cfg)
-    data = VideoData(comp, cfg, resolve_data_root(cfg, comp.name, comp.slug, comp.write_demo))
+    data = VideoData(comp, cfg, resolve_data_root(cfg, comp.name, comp.slug, comp.write_demo)).build()
     print(f"{comp.name}: {len(data.train) + data.skipped} training + {len(data.test)} test videos, faces cached in "
           f"{data.cache.directory} ({data.detect_seconds:.0f} s this time); detector "
           f"{data.cache.extractor.detector_name}; {data.train.found_faces.mean():.0%} of training videos with a "
@@ -127,6 +135,10 @@ class Video(Task):
             self.test, self.truth = self.data.test, self.data.truth
         else:  # predict decodes and detects on the fly, as the Kaggle kernel does
             self.data, self.test, self.truth = None, comp.read_test(self.root), comp.read_truth(self.root)
+
+    def prepare(self) -> None:
+        if self.data is not None:
+            self.data.build()
 
     # --- the engine's steps ----------------------------------------------------------------
     def split(self) -> np.ndarray:

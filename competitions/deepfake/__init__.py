@@ -19,7 +19,7 @@ import pandas as pd
 from common.core.competition import COMPETITIONS, Competition
 from common.data.images import check_files_exist
 from common.core.errors import ConfigError, DataError
-from common.data.tables import read_csv_columns
+from common.data.tables import confined, read_csv_columns
 
 NAME = "deepfake"
 SLUG = "deepfake-detection-challenge"
@@ -78,7 +78,8 @@ class Deepfake(Competition):
                     raise DataError(f"{meta_path}: video {video} has label {label!r}; expected REAL or FAKE")
                 original = entry.get("original") if label == "FAKE" else None
                 listed_in[video] = meta_path
-                rows.append({"video": video, "path": str(meta_path.parent / video), "label": LABELS[label],
+                rows.append({"video": video, "path": str(confined(meta_path.parent, video, f"{meta_path}, key {video!r}")),
+                             "label": LABELS[label],
                              "original": original or ""})
         frame = pd.DataFrame(rows)
         missing = frame[(frame.original != "") & ~frame.original.isin(frame.video)]

@@ -128,7 +128,7 @@ def test_video_predictor_loads_the_runs_folds_only(tmp_path):
 
 
 def test_checkpoints_that_need_pickle_are_refused(tmp_path):
-    from common.engine.trainer import load_checkpoint
+    from common.core.files import load_checkpoint
 
     torch.save({"model": {}, "extra": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(DataError, match="refused"):

@@ -159,8 +159,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), defaults: str |
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    from common.core.files import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def read_saved_config(path: str | Path) -> Config:

@@ -2,6 +2,8 @@
 
 Why: a kill while a checkpoint, `metrics.json` or `submission.csv` is being written must leave the
 previous complete file (or none), never a truncated one that the next `resume` or `predict` chokes on.
+Checkpoints are loaded as tensors, numbers and strings only: a file from elsewhere (a Kaggle weights
+dataset, `model.init=FILE`) cannot run code when it is opened.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from common.core.errors import DataError
 
 
 @contextmanager
@@ -42,3 +46,26 @@ def write_csv_atomic(frame, path: str | Path, **kwargs) -> Path:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, **kwargs)
     return Path(path)
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Atomically: the previous checkpoint survives until the new one is complete."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, device="cpu") -> dict:
+    """Tensors, numbers and strings only (`weights_only=True`): a checkpoint cannot run code on load."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{path}: not a plain tensor checkpoint, refused (loading it would need pickle: "
+                        f"{str(exc).splitlines()[0]})") from None
+    except (EOFError, RuntimeError) as exc:
+        raise DataError(f"{path}: unreadable checkpoint ({exc.__class__.__name__}: {exc})") from None

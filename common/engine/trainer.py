@@ -8,7 +8,6 @@ from the last finished epoch, and one row per epoch in the run's `log.csv`.
 """
 from __future__ import annotations
 
-import pickle
 import random
 import time
 from dataclasses import dataclass, field
@@ -23,8 +22,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from tqdm import tqdm
 
-from common.core.errors import DataError
-from common.core.files import atomic_path, write_json_atomic
+from common.core.files import load_checkpoint, save_checkpoint, write_csv_atomic, write_json_atomic
 from common.engine import distributed
 from common.engine.precision import autocast, autocast_dtype
 
@@ -85,8 +83,9 @@ def _plain(value):
 def append_log(log_path: Path, row: dict) -> None:
     if not distributed.is_main():
         return
-    frame = pd.DataFrame([row])
-    frame.to_csv(log_path, mode="a", header=not log_path.exists(), index=False)
+    previous = pd.read_csv(log_path) if log_path.exists() else None  # rewritten whole: a kill never leaves half a row
+    write_csv_atomic(pd.concat([previous, pd.DataFrame([row])], ignore_index=True) if previous is not None
+                     else pd.DataFrame([row]), log_path)
 
 
 def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Callable,
@@ -204,23 +203,6 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         write_json_atomic(fold_dir / "done.json", {"fold": fold, "best_epoch": best_epoch, monitor: best_score})
     distributed.barrier()
     return result
-
-
-def save_checkpoint(state: dict, path: Path) -> None:
-    """Atomically: the previous checkpoint survives until the new one is complete."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """Tensors, numbers and strings only (`weights_only=True`): a checkpoint cannot run code on load."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise DataError(f"{path}: not a plain tensor checkpoint, refused (loading it would need pickle: "
-                        f"{str(exc).splitlines()[0]})") from None
-    except (EOFError, RuntimeError) as exc:
-        raise DataError(f"{path}: unreadable checkpoint ({exc.__class__.__name__}: {exc})") from None
 
 
 def load_best(model: nn.Module, fold_dir: Path, device: torch.device | str = "cpu") -> nn.Module:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from common.models import backbones as _backbones  # noqa: F401  (registers the small CPU backbones with timm)
 from common.core.errors import ConfigError
+from common.core.files import load_checkpoint
 from common.core.registry import Registry
 
 
@@ -95,7 +96,7 @@ def load_backbone_init(model: EmbeddingModel, path: str | Path) -> None:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"model.init={path}: no such checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)
     state = state.get("model", state) if isinstance(state, dict) else state
     backbone_state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")} or state
     missing, unexpected = model.backbone.load_state_dict(backbone_state, strict=False)

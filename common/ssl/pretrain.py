@@ -41,14 +41,14 @@ from common.engine.embed import extract_embeddings
 from common.core.errors import ConfigError
 from common.metrics.scores import map_at_k
 from common.models.network import GeM, create_backbone, load_backbone_init
-from common.core.files import atomic_path, write_json_atomic
+from common.core.files import atomic_path, load_checkpoint, write_json_atomic
 from common.core.paths import open_run, resolve_data_root
 from common.core.validate import validate_config
 from common.data.image_set import ImageSet
 from common.data.loaders import make_loader
 from common.engine import distributed
 from common.ssl.pretext import PretextDataset, create_pretext, identity_groups
-from common.engine.trainer import load_checkpoint, seed_everything, train_fold
+from common.engine.trainer import seed_everything, train_fold
 
 
 class FrozenFeatures(nn.Module):

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 
+from common.core.files import write_csv_atomic
 from common.core.registry import Registry
 from common.metrics.scores import log_loss
 from common.video.inference import DEFAULT_CALIBRATION, aggregate, aggregation_params, calibrate, frame_probabilities, logit, sigmoid
@@ -130,7 +131,7 @@ def evaluate_oof(frames: pd.DataFrame, cfg, run: Path) -> tuple[dict, dict]:
     fold = frames.groupby("video", sort=False).fold.first().loc[videos].to_numpy()
     oof = pd.DataFrame({"video": videos, "label": y, "fold": fold, **{f"p_{s}": r for s, r in raw.items()},
                         "prediction": final})
-    oof.to_csv(run / "oof.csv", index=False)
+    write_csv_atomic(oof, run / "oof.csv")
     metrics = {
         "oof_logloss": float(log_loss(y, final)),
         "oof_balanced_logloss": float(balanced_log_loss(y, final)),

@@ -191,7 +191,7 @@ class VideoPredictor:
         """From a folder holding config.yaml, calibration.json and the fold models (a run directory):
         `fold_dirs`, else the run's `train.run_folds`; `cfg`: the run's config as predict resolved it
         (default: its config.yaml)."""
-        from common.engine.trainer import load_checkpoint
+        from common.core.files import load_checkpoint
 
         weights_dir = Path(weights_dir)
         if not (weights_dir / "config.yaml").is_file():

@@ -99,7 +99,10 @@ class Deepfake(Competition):
             raise DataError(f"{folder}: folder not found")
         sample = Path(root) / "sample_submission.csv"
         if sample.exists():
-            names = read_csv_columns(sample, ["filename", "label"]).filename.astype(str).tolist()
+            listed = read_csv_columns(sample, ["filename", "label"]).filename.astype(str)
+            if listed.duplicated().any():
+                raise DataError(f"{sample}: video {listed[listed.duplicated()].iloc[0]} listed twice")
+            names = listed.tolist()
         else:
             names = sorted(p.name for p in folder.glob("*.mp4"))
         if not names:

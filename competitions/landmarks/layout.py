@@ -90,8 +90,12 @@ def read_train_csv(root: str | Path, *, check_images: bool = True) -> pd.DataFra
 
 
 def read_sample_submission(root: str | Path) -> pd.DataFrame:
-    """``sample_submission.csv`` as strings (empty ``landmarks`` stays ``""``)."""
-    return _read_csv(Path(root) / SAMPLE_SUBMISSION_CSV, SUBMISSION_COLUMNS)
+    """``sample_submission.csv`` as strings (empty ``landmarks`` stays ``""``); an id listed twice is an error."""
+    path = Path(root) / SAMPLE_SUBMISSION_CSV
+    sample = _read_csv(path, SUBMISSION_COLUMNS)
+    if sample["id"].duplicated().any():
+        raise DataError(f"{path}: id {sample['id'][sample['id'].duplicated()].iloc[0]} listed twice")
+    return sample
 
 
 def _landmark_int(landmark_id) -> int:

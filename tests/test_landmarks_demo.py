@@ -91,7 +91,7 @@ def test_validate_submission_accepts_good_ones(demo):
 @pytest.mark.parametrize("change, message", [
     (lambda df: df.rename(columns={"landmarks": "landmark"}), "columns"),
     (lambda df: df.iloc[:-1], "rows"),
-    (lambda df: df.iloc[::-1].reset_index(drop=True), "differ from the sample submission's order"),
+    (lambda df: df.iloc[::-1].reset_index(drop=True), "same images, same order required"),
     (lambda df: df.assign(landmarks="12"), "malformed"),
     (lambda df: df.assign(landmarks="12 0.5 13 0.2"), "malformed"),
     (lambda df: df.assign(landmarks="abc 0.5"), "malformed"),

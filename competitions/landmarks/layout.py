@@ -21,10 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-try:  # the shared error type, when the core provides it
-    from common.core.errors import DataError
-except ImportError:  # pragma: no cover - depends on what the lead has committed
-    DataError = ValueError
+from common.core.errors import DataError
+from common.data.tables import check_rows_match_sample
 
 TRAIN_CSV = "train.csv"
 SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
@@ -90,12 +88,8 @@ def read_train_csv(root: str | Path, *, check_images: bool = True) -> pd.DataFra
 
 
 def read_sample_submission(root: str | Path) -> pd.DataFrame:
-    """``sample_submission.csv`` as strings (empty ``landmarks`` stays ``""``); an id listed twice is an error."""
-    path = Path(root) / SAMPLE_SUBMISSION_CSV
-    sample = _read_csv(path, SUBMISSION_COLUMNS)
-    if sample["id"].duplicated().any():
-        raise DataError(f"{path}: id {sample['id'][sample['id'].duplicated()].iloc[0]} listed twice")
-    return sample
+    """``sample_submission.csv`` as strings (empty ``landmarks`` stays ``""``; an id listed twice is an error)."""
+    return _read_csv(Path(root) / SAMPLE_SUBMISSION_CSV, SUBMISSION_COLUMNS)
 
 
 def _landmark_int(landmark_id) -> int:
@@ -164,14 +158,8 @@ def validate_submission(df: pd.DataFrame, sample_df: pd.DataFrame) -> None:
         first = (df["id"].astype(str).to_numpy() == str(df["id"].iloc[i])).nonzero()[0][0]
         raise DataError(f"submission: {len(duplicated)} duplicated id(s), first {str(df['id'].iloc[i])!r} "
                         f"at rows {first} and {i}; each image must appear once")
-    if len(df) != len(sample_df):
-        raise DataError(f"submission: {len(df)} rows, the sample submission has {len(sample_df)}")
-    ids, expected = df["id"].astype(str).to_numpy(), sample_df["id"].astype(str).to_numpy()
-    mismatch = (ids != expected).nonzero()[0]
-    if len(mismatch):
-        i = mismatch[0]
-        raise DataError(f"submission: {len(mismatch)} id(s) differ from the sample submission's order, "
-                        f"first at row {i}: {ids[i]!r} instead of {expected[i]!r}")
+    check_rows_match_sample(df, sample_df, "id", "submission", "image")
+    ids = df["id"].astype(str).to_numpy()
     cells = df["landmarks"]
     filled = cells.notna() & (cells.astype(str).str.strip() != "")
     bad = filled & ~cells.astype(str).str.strip().str.fullmatch(_PREDICTION_PATTERN)

@@ -59,6 +59,16 @@ class Config(dict):
         return self.__dict__.get("_command_line_keys", ())
 
 
+def lookup(tree: Mapping, dotted: str, missing: Any = None) -> Any:
+    """The value at `a.b.c` in nested mappings, or `missing` where the path does not exist."""
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return missing
+        node = node[part]
+    return node
+
+
 def _all_keys(tree: Mapping, prefix: str = "") -> list[str]:
     keys = []
     for key, value in tree.items():

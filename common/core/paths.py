@@ -108,7 +108,7 @@ def run_config(comp, cfg):
     """The config a `train` (or `pretrain`) runs with: with `resume=true` and an existing run, its saved
     config, where the command line may change only RESUMABLE_KEYS; another changed value is refused
     with the differences listed (resuming would silently keep the saved one)."""
-    from common.core.config import read_saved_config
+    from common.core.config import lookup, read_saved_config
 
     if not (cfg.get("resume") and cfg.run.get("name")):
         return cfg
@@ -116,10 +116,10 @@ def run_config(comp, cfg):
     if not saved_path.exists():
         return cfg
     saved = read_saved_config(saved_path)
-    differ = [key for key in cfg.command_line_keys if _value(saved, key) != _value(cfg, key)]
+    differ = [key for key in cfg.command_line_keys if lookup(saved, key) != lookup(cfg, key)]
     refused = [key for key in differ if key not in RESUMABLE_KEYS]
     if refused:
-        listed = "; ".join(f"{k}: {_value(saved, k)!r} saved, {_value(cfg, k)!r} given" for k in refused)
+        listed = "; ".join(f"{k}: {lookup(saved, k)!r} saved, {lookup(cfg, k)!r} given" for k in refused)
         raise ConfigError(f"resume=true continues run '{cfg.run.name}' with its saved settings ({saved_path}), "
                           f"but the command line changes {listed}. Start a new run.name to change them "
                           f"(a resumed run may change only {', '.join(RESUMABLE_KEYS)})")
@@ -127,15 +127,6 @@ def run_config(comp, cfg):
         saved.set_path(key, cfg.get_path(key))
     saved.resume = True
     return saved
-
-
-def _value(cfg, key: str):
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def create_run(comp, cfg) -> Path:

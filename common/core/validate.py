@@ -10,6 +10,7 @@ import difflib
 import importlib
 from typing import Any
 
+from common.core.config import lookup
 from common.core.errors import ConfigError
 from common.core.registry import ALL
 
@@ -21,12 +22,7 @@ _MISSING = object()
 
 
 def _value(cfg, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
+    return lookup(cfg, key, _MISSING)
 
 
 def _number(cfg, key: str, kind: type, minimum: float, *, strict: bool = False, none_ok: bool = False) -> None:

@@ -122,7 +122,8 @@ class Tiny(nn.Module):
 
 
 def _train(tmp_path, overrides, evaluate=lambda m: {"score": 0.0}):
-    cfg = load_config(CONFIG_PATH, ["train.warmup_epochs=0", "train.min_lr_ratio=0", "progress=false", *overrides])
+    cfg = load_config(CONFIG_PATH, ["train.warmup_epochs=0", "train.min_lr_ratio=0", "progress=false",
+                                    "train.eval_initial=false", *overrides])
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))

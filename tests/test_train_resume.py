@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.core.config import load_config
-from common.engine.trainer import param_groups, train_fold
+from common.engine.trainer import load_best, param_groups, train_fold
 from competitions.whales import COMPETITION
 
 CONFIG_PATH = COMPETITION.config_path
@@ -24,7 +24,8 @@ class Tiny(nn.Module):
 
 
 def _setup(epochs=3):
-    cfg = load_config(CONFIG_PATH, [f"train.epochs={epochs}", "train.warmup_epochs=0", "progress=false"])
+    cfg = load_config(CONFIG_PATH, [f"train.epochs={epochs}", "train.warmup_epochs=0", "progress=false",
+                                    "train.eval_initial=false"])
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
@@ -77,3 +78,20 @@ def test_tensorboard_event_files_next_to_the_log(tmp_path):
     train_fold(cfg, fold=0, model=Tiny(), train_loader=loader, loss_fn=ce, evaluate=lambda m: {"score": 1.0},
                fold_dir=tmp_path / "fold0", log_path=tmp_path / "log.csv", device=torch.device("cpu"), monitor="score")
     assert list((tmp_path / "tensorboard" / "fold0").glob("events.out.tfevents.*"))
+
+
+def test_the_model_before_training_is_epoch_zero_and_wins_when_training_does_not_help(tmp_path, capsys):
+    """Fine-tuning must never leave a fold worse than where it started (e.g. frozen ImageNet features)."""
+    cfg, loader = _setup(epochs=2)
+    cfg.train.eval_initial = True
+    model = Tiny()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = iter([0.9, 0.5, 0.6])  # before training, epoch 1, epoch 2
+    result = train_fold(cfg, fold=0, model=model, train_loader=loader, loss_fn=ce, evaluate=lambda m: {"score": next(scores)},
+                        fold_dir=tmp_path / "fold0", log_path=tmp_path / "log.csv", device=torch.device("cpu"),
+                        monitor="score")
+    assert result.best_epoch == 0 and result.best_score == 0.9
+    assert pd.read_csv(tmp_path / "log.csv").epoch.tolist() == [0, 1, 2]
+    best = load_best(Tiny(), tmp_path / "fold0")
+    assert all(torch.equal(best.state_dict()[k], v) for k, v in initial.items())
+    assert "no epoch beat the model before training" in capsys.readouterr().out

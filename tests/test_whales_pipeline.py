@@ -41,7 +41,7 @@ def test_train_writes_a_complete_run_directory(smoke_run, whale_demo):
     assert 0.0 <= metrics["oof_map5"] <= 1.0
     log = pd.read_csv(run / "log.csv")
     assert {"fold", "epoch", "train_loss", "map5", "lr", "seconds"} <= set(log.columns)
-    assert len(log) == 2  # smoke: one fold, two epochs
+    assert log.epoch.tolist() == [0, 1, 2]  # smoke: one fold, the model before training, two epochs
     sample = pd.read_csv(whale_demo / "sample_submission.csv")
     validate_submission(pd.read_csv(run / "submission.csv"), sample)
 

@@ -125,7 +125,23 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         start_epoch, best_score, best_epoch, history = (state["epoch"] + 1, state["best_score"],
                                                          state["best_epoch"], state["history"])
         torch.set_rng_state(state["rng_cpu"].cpu())  # map_location moved it to the device
-        print(f"fold {fold}: resuming after epoch {state['epoch']} (best {monitor}={best_score})", flush=True)
+        print(f"fold {fold}: resuming after epoch {max(0, state['epoch'])} (best {monitor}={best_score})", flush=True)
+    if start_epoch == 0 and not history and t.eval_initial:
+        # "epoch 0": the model before any training (ImageNet features, a pretext backbone, an init
+        # checkpoint) is a candidate like any epoch, so fine-tuning can never leave a fold worse
+        metrics = {k: _plain(v) for k, v in distributed.broadcast(evaluate(model)).items()}
+        best_score, best_epoch = metrics[monitor], 0
+        row = {"fold": fold, "epoch": 0, **metrics, "lr": 0.0, "frozen": False, "train_seconds": 0.0, "seconds": 0.0}
+        history.append(row)
+        append_log(log_path, row)
+        if main:
+            save_checkpoint({"model": model.state_dict(), "epoch": 0, monitor: best_score}, best_path)
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scaler": scaler.state_dict(), "epoch": -1, "best_score": best_score, "best_epoch": 0,
+                             "history": history, "rng_cpu": torch.get_rng_state()}, last_path)
+        print(f"fold {fold} epoch 0 (before training)  "
+              + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
+        distributed.barrier()
 
     core = model
     model = distributed.wrap_model(core, device, sync_bn=bool(cfg.dist.sync_bn),
@@ -198,6 +214,9 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         distributed.barrier()
     if board is not None:
         board.close()
+    if best_epoch == 0 and t.epochs > 0:
+        print(f"warning: fold {fold}: no epoch beat the model before training ({monitor} {best_score:.4f}); best.pt "
+              "keeps the initial weights (a lower train.lr, more epochs, or train.freeze_epochs may help)", flush=True)
     result = FoldResult(fold, best_epoch, float(best_score), history)
     if main:
         write_json_atomic(fold_dir / "done.json", {"fold": fold, "best_epoch": best_epoch, monitor: best_score})

@@ -121,6 +121,7 @@ def training_config(cfg):
     t.train.warmup_epochs = int(s.warmup_epochs if s.warmup_epochs is not None else (1 if epochs > 2 else 0))
     t.train.weight_decay = float(s.weight_decay if s.weight_decay is not None else cfg.train.weight_decay)
     t.train.freeze_epochs = 0
+    t.train.eval_initial = False  # pretrain prints its own kNN check of the initial backbone
     t.train.backbone_lr_mult = 1.0
     return t
 

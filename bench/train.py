@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from common.data.augment import build_transform
-from common.engine.build import build_model, build_objective, train_loader
+from common.data.loaders import make_loader
+from common.losses.objective import build_objective
+from common.models.factory import build_model
 from common.core.config import load_config
 from common.data.images import ImageCache, ImageDataset
 from common.core.paths import REPO_ROOT, cache_root, resolve_data_root
@@ -49,7 +51,7 @@ def main(argv: list[str]) -> int:
     steps, warmup = 12, 2
     torch.manual_seed(0)
     root = resolve_data_root(cfg, whales.name, whales.slug, whales.write_demo)
-    table = whales.read_train(root)
+    table = whales.read_train(root, cfg)
     table = table[table.label != whales.new_label].reset_index(drop=True)
     classes = {c: i for i, c in enumerate(sorted(set(table.label)))}
     y = np.array([classes[c] for c in table.label])
@@ -69,7 +71,7 @@ def main(argv: list[str]) -> int:
     model_only = _timed(iter(lambda: (x, t), None), model, objective, optimizer, warmup, steps)
 
     model, objective, optimizer = fresh()
-    loader = train_loader(cfg, dataset, y, seed=0)
+    loader = make_loader(cfg, dataset, y, seed=0)
 
     def endless():
         while True:

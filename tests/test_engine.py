@@ -31,6 +31,13 @@ def test_common_never_imports_competitions():
     assert offenders == []
 
 
+@pytest.mark.parametrize("module", ["bench.train", "bench.heads", "bench.pretrain", "bench.retrieval", "bench.deepfake"])
+def test_every_benchmark_imports(module):
+    import importlib
+
+    assert callable(importlib.import_module(module).main)
+
+
 def test_every_competition_follows_the_contract():
     for name in ("whales", "happywhale", "landmarks", "deepfake"):
         comp = load(name)

@@ -1,4 +1,6 @@
-"""P x K batch sampling: every batch holds P identities with K images each.
+"""Batch samplers, each reproducible from (seed, epoch) alone: P x K identities, shuffled, weighted.
+
+P x K: every batch holds P identities with K images each.
 
 Why: pair and triplet losses (and mining) learn only from positives and negatives that share a
 batch; with random batches over thousands of identities (whales, landmarks) almost no image

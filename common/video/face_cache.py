@@ -220,17 +220,20 @@ class FaceCache:
         A transient failure on one video (anything but a `DataError`) is raised once the videos
         being processed are finished; queued ones are not started, and nothing is recorded for
         the failed one, so calling `build` again continues and retries it."""
+        from common.core.locks import filling
+
         paths = [str(p) for p in paths]
-        todo = [p for p in paths if not self.is_done(p)]
-        if todo:
-            pool = ThreadPoolExecutor(self.workers)
-            try:
-                futures = [pool.submit(self._detect_one, p) for p in todo]
-                for future in tqdm(as_completed(futures), total=len(todo),
-                                   desc=f"{desc} ({len(paths) - len(todo)} cached)", disable=not self.progress):
-                    future.result()  # a transient failure propagates (after the running videos finish)
-            finally:  # on failure or interrupt, do not start the videos still queued
-                pool.shutdown(wait=True, cancel_futures=True)
+        with filling(self.directory / ".lock"):  # a second process waits, then finds the videos cached
+            todo = [p for p in paths if not self.is_done(p)]
+            if todo:
+                pool = ThreadPoolExecutor(self.workers)
+                try:
+                    futures = [pool.submit(self._detect_one, p) for p in todo]
+                    for future in tqdm(as_completed(futures), total=len(todo),
+                                       desc=f"{desc} ({len(paths) - len(todo)} cached)", disable=not self.progress):
+                        future.result()  # a transient failure propagates (after the running videos finish)
+                finally:  # on failure or interrupt, do not start the videos still queued
+                    pool.shutdown(wait=True, cancel_futures=True)
         return {p: error for p in paths if (error := self.error(p))}
 
     def meta(self, path: str | Path) -> dict:

@@ -61,7 +61,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _content_hash(path: str) -> str:
+def content_hash(path: str | Path) -> str:
     """A fast hash of a file's bytes: all of them up to 256 KiB, else the size and both ends."""
     try:
         with open(path, "rb") as f:
@@ -156,7 +156,7 @@ class ImageCache:
     def _key(self) -> str:
         h = hashlib.sha1(repr(self.size).encode())
         for p in self.paths:
-            h.update(f"{p}|{_content_hash(p)}\n".encode())
+            h.update(f"{p}|{content_hash(p)}\n".encode())
         return h.hexdigest()[:20]
 
     def _fill(self, indices, workers: int, progress: bool) -> None:

@@ -155,6 +155,7 @@ class FaceCache:
         settings = extractor.settings()
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
         self.directory = Path(directory) / digest
+        self._bases: dict[Path, Path] = {}
         self.directory.mkdir(parents=True, exist_ok=True)
         settings_file = self.directory / "settings.json"
         if not settings_file.exists():
@@ -165,10 +166,13 @@ class FaceCache:
         self._local = threading.local()
 
     def _base(self, path: str | Path) -> Path:
+        from common.data.images import content_hash
+
         path = Path(path).resolve()
-        stat = path.stat() if path.exists() else None
-        key = f"{path}|{stat.st_size if stat else -1}|{stat.st_mtime_ns if stat else -1}"
-        return self.directory / path.parent.name / f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+        if path not in self._bases:  # hashed once per process: a video is asked about many times
+            key = f"{path}|{content_hash(path)}"  # content, not size and mtime (cp -p, rsync -a keep those)
+            self._bases[path] = self.directory / path.parent.name / f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+        return self._bases[path]
 
     def is_done(self, path: str | Path) -> bool:
         """True once the video's crops, or its decode failure, are recorded. An entry that records

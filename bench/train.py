@@ -48,6 +48,8 @@ def main(argv: list[str]) -> int:
 
     overrides = [a for a in argv if "=" in a]
     cfg = load_config(whales.config_path, overrides)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
     steps, warmup = 12, 2
     torch.manual_seed(0)
     root = resolve_data_root(cfg, whales.name, whales.slug, whales.write_demo)

@@ -196,3 +196,14 @@ def test_class_balanced_and_binary_balanced_samplers_are_sharded_and_reproducibl
         half = [b[0].tolist() for b in make_loader(cfg, data, labels, seed=3, sampler=sampler)]
         monkeypatch.undo()
         assert half == [b[1::2] for b in first]  # rank 1 of 2: its slice of every global batch
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch, capsys):
+    from common.engine import distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main(load("whales"), ["train", "nproc=2", "gpus=1", "run.root=/nonexistent"]) == 2
+    assert "nproc=2 processes need 2 GPUs" in capsys.readouterr().err
+    assert distributed.world_size() == 1

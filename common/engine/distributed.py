@@ -55,6 +55,12 @@ def launch(module: str, argv: list[str], cfg) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    from common.core.errors import ConfigError
+
+    gpus_here = torch.cuda.device_count() if torch.cuda.is_available() and cfg.get("gpus") != 0 else 0
+    if gpus_here and nproc > gpus_here:
+        raise ConfigError(f"nproc={nproc} processes need {nproc} GPUs (one each), this machine has {gpus_here}; "
+                          "use gpus=0 for CPU processes")
     print(f"launching {nproc} process(es) per node on {nodes} node(s) with torchrun", flush=True)
     try:
         torchrun(args + ["-m", module, *argv])

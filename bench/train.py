@@ -8,7 +8,6 @@ on a 2-core machine is >= 85 %. Writes outputs/bench/train.md.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -6,8 +6,6 @@ Test-time flip is done on the batch tensor in `common.engine.embed`, not here.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2

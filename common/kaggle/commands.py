@@ -21,7 +21,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from common.core.errors import ConfigError, DataError
+from common.core.errors import DataError
 from common.core.paths import REPO_ROOT, kaggle_input_dirs, kaggle_root, run_dir
 from common.kaggle.client import (_NOT_FOUND, KaggleError, credential_source, explain_failure,  # noqa: F401
                                   require_credentials, run_kaggle)

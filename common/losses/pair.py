@@ -19,7 +19,7 @@ index tensors in ``MINERS``; the triplet loss picks one by name.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F

@@ -28,9 +28,8 @@ section ``head:`` that apply to it in ``from_params``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -8,7 +8,6 @@ Linear + BatchNorm neck gives the embedding that retrieval uses. Heads come from
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import timm
 import torch

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
 
 import faiss
 import numpy as np

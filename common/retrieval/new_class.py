@@ -4,11 +4,9 @@ threshold that maximises MAP@k on out-of-fold answers, vectorised over every can
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
 from common.metrics.scores import is_missing as _is_padding  # None (rank_classes' padding), NaN, NA, ''
 

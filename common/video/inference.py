@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -10,7 +10,6 @@ import pandas as pd
 from common.core.paths import cache_root
 from common.data.augment import build_transform
 from common.data.images import ImageCache, ImageDataset
-from common.engine import distributed
 from common.engine.embed import extract_embeddings
 
 
@@ -21,11 +20,8 @@ class ImageSet:
         self.cfg = cfg
         size = tuple(cfg.data.image_size)
         paths = [*map(str, train.path), *map(str, test.path), *map(str, extra)]
-        if not distributed.is_main():  # the main process decodes; the others then open its cache
-            distributed.barrier()
+        # one process decodes, the others wait on the cache entry's lock and then open it
         self.images = ImageCache(paths, size, cache_root(cfg) / competition, progress=cfg.progress)
-        if distributed.is_main():
-            distributed.barrier()
         n_train, n_test = len(train), len(test)
         self.rows = {"train": np.arange(n_train), "test": np.arange(n_train, n_train + n_test),
                      "extra": np.arange(n_train + n_test, len(paths))}

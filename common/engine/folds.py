@@ -97,3 +97,8 @@ def distractor_split(n: int, fold: int, share: float, seed: int = 0) -> tuple[np
     order = np.random.default_rng([seed, fold]).permutation(n)
     n_queries = int(round(share * n))
     return np.sort(order[:n_queries]), np.sort(order[n_queries:])
+
+
+def run_folds(cfg) -> list[int]:
+    """The folds a run trains and predicts with: `train.run_folds`, or all of them."""
+    return list(cfg.train.run_folds) if cfg.train.run_folds is not None else list(range(cfg.train.folds))

@@ -126,6 +126,15 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
                                                          state["best_epoch"], state["history"])
         torch.set_rng_state(state["rng_cpu"].cpu())  # map_location moved it to the device
         print(f"fold {fold}: resuming after epoch {max(0, state['epoch'])} (best {monitor}={best_score})", flush=True)
+    core = model  # the unwrapped model (DDP wraps `model` below): what checkpoints hold
+
+    def save_last(epoch: int) -> None:
+        """The resume point: everything needed to continue after `epoch` (-1: after epoch 0's evaluation)."""
+        if main:
+            save_checkpoint({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scaler": scaler.state_dict(), "epoch": epoch, "best_score": best_score,
+                             "best_epoch": best_epoch, "history": history, "rng_cpu": torch.get_rng_state()}, last_path)
+
     if start_epoch == 0 and not history and t.eval_initial:
         # "epoch 0": the model before any training (ImageNet features, a pretext backbone, an init
         # checkpoint) is a candidate like any epoch, so fine-tuning can never leave a fold worse
@@ -136,14 +145,11 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         append_log(log_path, row)
         if main:
             save_checkpoint({"model": model.state_dict(), "epoch": 0, monitor: best_score}, best_path)
-            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scaler": scaler.state_dict(), "epoch": -1, "best_score": best_score, "best_epoch": 0,
-                             "history": history, "rng_cpu": torch.get_rng_state()}, last_path)
+        save_last(-1)
         print(f"fold {fold} epoch 0 (before training)  "
               + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
         distributed.barrier()
 
-    core = model
     model = distributed.wrap_model(core, device, sync_bn=bool(cfg.dist.sync_bn),
                                    find_unused=distributed.unused_parameters(core, int(t.freeze_epochs)))
     better = (lambda a, b: b is None or a > b) if mode == "max" else (lambda a, b: b is None or a < b)
@@ -207,10 +213,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         print(f"fold {fold} epoch {epoch + 1}/{t.epochs}  loss {row['train_loss']:.4f}  "
               + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
               + f"  lr {row['lr']:.2e}  {row['seconds']:.0f}s", flush=True)
-        if main:
-            save_checkpoint({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(), "epoch": epoch, "best_score": best_score,
-                        "best_epoch": best_epoch, "history": history, "rng_cpu": torch.get_rng_state()}, last_path)
+        save_last(epoch)
         distributed.barrier()
     if board is not None:
         board.close()

@@ -4,8 +4,7 @@ recognition and video classification.
 A task is constructed on the tables of one run (checking them) and answers, in the engine's order:
 prepare (caches) -> split -> train one fold -> (out-of-fold answers written by each fold) -> tune
 post-processing on them -> predict the test set -> score the test set (when the data root has its
-truth). The engine
-owns everything around that: the run folder, the saved config, the fold loop and its resume rule,
+truth). The engine owns everything around that: the run folder, the saved config, the fold loop and its resume rule,
 processes, the submission, metrics.json and the summary. A new task registers itself in TASKS.
 """
 from __future__ import annotations

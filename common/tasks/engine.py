@@ -13,7 +13,6 @@ predict: a finished run on (possibly other) data. Its rule, written once: the ru
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from common.core.files import write_csv_atomic, write_json_atomic
 from common.core.paths import create_run, resolve_data_root, run_config, run_dir
 from common.core.validate import validate_config
 from common.engine import distributed
+from common.engine.folds import run_folds
 from common.engine.trainer import seed_everything
 from common.metrics import plots
 from common.tasks import TASKS
@@ -35,10 +35,6 @@ ENGINE_PREDICT_KEYS = ("data.root", "data.cache_dir", "data.num_workers", "out",
 
 def task_class(comp):
     return TASKS.get(comp.task, f"task of competition {comp.name}")
-
-
-def run_folds(cfg) -> list[int]:
-    return list(cfg.train.run_folds) if cfg.train.run_folds is not None else list(range(cfg.train.folds))
 
 
 def train(comp, cfg) -> Path:
@@ -133,8 +129,3 @@ def predict(comp, cfg) -> Path:
         print(f"against the truth in {root}: " + ", ".join(f"{k} {v:.4f}" for k, v in found.items()))
     print(f"submission: {submission}", flush=True)
     return submission
-
-
-def data_fingerprint(root: Path) -> str:
-    """A short name for a data root, for caches that depend on it."""
-    return hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:12]

@@ -198,8 +198,9 @@ class VideoPredictor:
             raise DataError(f"{weights_dir}: no config.yaml (not a run directory or weights dataset)")
         cfg = cfg if cfg is not None else read_saved_config(weights_dir / "config.yaml")
         if fold_dirs is None:
-            folds = cfg.train.run_folds if cfg.train.run_folds is not None else range(cfg.train.folds)
-            fold_dirs = [weights_dir / f"fold{f}" for f in folds]
+            from common.engine.folds import run_folds
+
+            fold_dirs = [weights_dir / f"fold{f}" for f in run_folds(cfg)]
         checkpoints = [Path(d) / "best.pt" for d in fold_dirs]
         missing = [str(c) for c in checkpoints if not c.is_file()]
         if missing:

@@ -98,6 +98,28 @@ def test_predict_decodes_videos_and_matches_the_cached_path(smoke_run, demo, tmp
     np.testing.assert_allclose(predicted.label, pd.read_csv(run / "submission.csv").label, atol=1e-5)
 
 
+def test_predict_images_answers_a_folder_of_videos_and_export_matches_torch(smoke_run, demo, tmp_path):
+    runs, run, _ = smoke_run
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    chosen = sorted((demo / "test_videos").glob("*.mp4"))[:2]
+    for path in chosen:
+        shutil.copy(path, folder / path.name)
+    out = tmp_path / "answers.csv"
+    common = [f"run.root={runs}", "run.name=smoke", "progress=false"]
+    assert main(deepfake.COMPETITION, ["predict", *common, f"images={folder}", f"out={out}"]) == 0
+    answers = pd.read_csv(out)
+    assert answers.file.tolist() == [p.name for p in chosen]
+    submission = pd.read_csv(run / "submission.csv").set_index("filename")
+    np.testing.assert_allclose(answers.p_fake, submission.loc[answers.file, "label"], atol=1e-5)
+
+    pytest.importorskip("onnxruntime")
+    assert main(deepfake.COMPETITION, ["export", *common, f"out={tmp_path / 'onnx'}"]) == 0
+    spec = json.loads((tmp_path / "onnx" / "preprocessing.json").read_text())
+    assert spec["output"]["name"] == "logits" and "temperature" in json.dumps(spec["postprocessing"])
+    assert spec["models"][0]["max_abs_difference_vs_torch"] < 1e-3
+
+
 def test_unreadable_video_gets_one_half_and_a_warning(smoke_run, demo, tmp_path):
     _, run, _ = smoke_run
     broken = tmp_path / "broken.mp4"

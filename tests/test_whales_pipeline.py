@@ -4,6 +4,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -72,6 +73,83 @@ def test_predict_on_another_data_root_closed_set(smoke_run, tmp_path):
     gallery = set(pd.read_csv(other / "train.csv").Id) - {"new_whale"}
     answers = {label for row in sub.Id for label in row.split()}
     assert "new_whale" not in answers and answers <= gallery  # closed set, answered from the new gallery
+
+
+# --- a finished run on any folder or file: predict images=, embed, export ----------------------
+
+def _on_files(smoke_run, *args):
+    runs, _ = smoke_run
+    return run_cli(*args, f"run.root={runs}", "run.name=smoke", "progress=false", f"data.cache_dir={runs / 'cache'}")
+
+
+def test_predict_images_answers_a_plain_folder_like_the_test_set(smoke_run, whale_demo, tmp_path):
+    _, run = smoke_run
+    folder = tmp_path / "photos" / "nested"
+    folder.mkdir(parents=True)
+    chosen = sorted((whale_demo / "test").iterdir())[:5]
+    for path in chosen:
+        shutil.copy(path, folder / path.name)
+    out = tmp_path / "answers.csv"
+    assert _on_files(smoke_run, "predict", f"images={tmp_path / 'photos'}", f"out={out}") == 0
+    answers = pd.read_csv(out)
+    assert answers.file.tolist() == [f"nested/{p.name}" for p in chosen]
+    assert {"prediction", "ranked", "score1", "score5", "path"} <= set(answers.columns)
+    assert (answers.score1 >= answers.score2).all()
+    submission = pd.read_csv(run / "submission.csv").set_index("Image")
+    assert answers.prediction.tolist() == submission.loc[[p.name for p in chosen], "Id"].tolist()  # same answers
+
+    single = tmp_path / "one.csv"
+    assert _on_files(smoke_run, "predict", f"images={chosen[0]}", f"out={single}") == 0
+    assert pd.read_csv(single).prediction.tolist() == answers.prediction.tolist()[:1]
+
+
+def test_embed_writes_the_embeddings_predict_ranks_with(smoke_run, whale_demo, tmp_path):
+    out = tmp_path / "emb.npz"
+    assert _on_files(smoke_run, "embed", f"images={whale_demo / 'test'}", f"out={out}") == 0
+    stored = np.load(out)  # no pickle needed: file names are a str array
+    files = sorted(p.name for p in (whale_demo / "test").iterdir())
+    assert stored["files"].tolist() == files and len(stored["paths"]) == len(files)
+    emb = stored["embeddings"]
+    assert emb.dtype == np.float32 and emb.shape[0] == len(files)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+
+
+def test_predict_images_bad_input_is_a_clear_error(smoke_run, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _on_files(smoke_run, "predict", f"images={empty}") == 2
+    assert f"{empty}: empty folder" in capsys.readouterr().err
+    assert _on_files(smoke_run, "embed", f"images={tmp_path / 'absent'}") == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    (empty / "broken.jpg").write_bytes(b"not a jpeg")
+    assert _on_files(smoke_run, "predict", f"images={empty}") == 2
+    assert "broken.jpg: unreadable or corrupt image" in capsys.readouterr().err
+    assert _on_files(smoke_run, "embed", f"images={empty / 'broken.jpg'}", "out=x.csv") == 2
+    assert "writes a .npz file" in capsys.readouterr().err
+
+
+def test_export_writes_onnx_that_onnxruntime_runs_like_torch(smoke_run, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    import torch
+
+    from common.core.config import read_saved_config
+    from common.tasks.identification import Identification
+
+    _, run = smoke_run
+    out = tmp_path / "export"
+    assert _on_files(smoke_run, "export", f"out={out}") == 0
+    spec = json.loads((out / "preprocessing.json").read_text())
+    assert spec["input"]["height"] == 48 and spec["input"]["width"] == 96 and spec["output"]["name"] == "embeddings"
+    assert [m["file"] for m in spec["models"]] == ["fold0.onnx"]
+    # independently of the command's own check: real images through onnxruntime and through torch
+    images = torch.from_numpy(np.random.default_rng(1).random((4, 3, 48, 96), dtype=np.float32) * 4 - 2)
+    session = onnxruntime.InferenceSession(str(out / "fold0.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": images.numpy()})[0]
+    network = Identification.fold_network(read_saved_config(run / "config.yaml"), run / "fold0")
+    with torch.no_grad():
+        want = network(images).numpy()
+    assert got.shape == (4, spec["models"] and want.shape[1])
+    np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def test_predict_needs_an_existing_run(tmp_path, capsys):

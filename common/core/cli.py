@@ -26,6 +26,8 @@ COMMANDS = {
     "demo-data": "common.core.cli:demo_data",
     "train": "common.tasks.engine:train",
     "predict": "common.tasks.engine:predict",
+    "embed": "common.tasks.engine:embed",
+    "export": "common.tasks.export:export_command",
     "pretrain": "common.ssl.pretrain:pretrain_command",
     "download": "common.kaggle.commands:download_command",
     "submit": "common.kaggle.commands:submit_command",

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from common.core.errors import DataError
 
 
@@ -45,6 +47,12 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
 def write_csv_atomic(frame, path: str | Path, **kwargs) -> Path:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, **kwargs)
+    return Path(path)
+
+
+def write_npz_atomic(path: str | Path, **arrays) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+        np.savez(f, **arrays)
     return Path(path)
 
 

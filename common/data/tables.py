@@ -10,6 +10,7 @@ import pandas as pd
 from common.core.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp", ".gif"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
 def read_csv_columns(path: Path, columns: Sequence[str]) -> pd.DataFrame:
@@ -41,6 +42,28 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     for path in found:
         check_utf8_name(path)
     return found
+
+
+def files_table(spec: str | Path, id_column: str = "image", suffixes=IMAGE_SUFFIXES) -> pd.DataFrame:
+    """`predict images=` / `embed images=`: a folder (searched recursively) or one file, as a table of
+    `id_column` (the name relative to the folder, or the file's name) and `path`, sorted by name.
+    DataError, naming the path, for a missing path, a file of another kind or a folder without any."""
+    path = Path(spec).expanduser()
+    kinds = ", ".join(sorted(suffixes))
+    if path.is_file():
+        if path.suffix.lower() not in suffixes:
+            raise DataError(f"{path}: not a file this command reads (expected one of {kinds})")
+        check_utf8_name(path)
+        return pd.DataFrame({id_column: [path.name], "path": [str(path.resolve())]})
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+    if not found:
+        raise DataError(f"{path}: empty folder (no {kinds} files in it or below)")
+    for file in found:
+        check_utf8_name(file)
+    return pd.DataFrame({id_column: [p.relative_to(path).as_posix() for p in found],
+                         "path": [str(p.resolve()) for p in found]})
 
 
 def check_utf8_name(path: Path) -> None:

@@ -86,6 +86,17 @@ class EmbeddingModel(nn.Module):
         return out
 
 
+class NormalisedEmbedding(nn.Module):
+    """images -> L2-normalised embeddings: the part of an EmbeddingModel that inference (and ONNX) needs."""
+
+    def __init__(self, model: EmbeddingModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.embed(images), dim=1)
+
+
 def load_backbone_init(model: EmbeddingModel, path: str | Path) -> None:
     """`model.init=PATH`: start from a checkpoint (e.g. a self-supervised pretraining run).
 

@@ -9,6 +9,7 @@ processes, the submission, metrics.json and the summary. A new task registers it
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -17,6 +18,7 @@ import pandas as pd
 
 from common.core.errors import ConfigError
 from common.core.registry import Registry, is_none
+from common.data.tables import IMAGE_SUFFIXES
 
 TASKS = Registry("task")
 
@@ -90,6 +92,35 @@ class Task:
         """test_<metric> and the trivial baseline when the data root has the truth; {} otherwise."""
         return {}
 
+    # --- any folder or file (`predict images=`, `embed images=`): purpose "files" ------------
+    files_suffixes: ClassVar[frozenset[str]] = frozenset(IMAGE_SUFFIXES)  # what `images=` lists
+
+    def use_files(self, table: pd.DataFrame) -> None:
+        """Answer these files (`id_column`, path) instead of the competition's test set; no truth."""
+        self.test, self.truth = table.reset_index(drop=True), None
+
+    def files_frame(self, answers: Any) -> pd.DataFrame:
+        """One row per file of `use_files`, from `predict`'s answers: what `predict images=` writes."""
+        raise NotImplementedError
+
+    # --- export: a trained fold as a plain network ------------------------------------------
+    export_output: ClassVar[str] = "output"  # the ONNX output's name
+
+    @classmethod
+    def fold_network(cls, cfg, fold_dir: Path):
+        """A trained fold as an nn.Module from normalised NCHW float images to what the task answers
+        from (L2-normalised embeddings, one logit per image), on the CPU: what `export` writes."""
+        raise NotImplementedError
+
+    @classmethod
+    def input_size(cls, cfg) -> tuple[int, int]:
+        """(height, width) of the network's input images."""
+        return tuple(int(v) for v in cfg.data.image_size)
+
+    def embed_test(self, fold_dirs: Sequence[Path], run: Path) -> np.ndarray:
+        """L2-normalised embeddings of the test items (the fold models' concatenated): `embed`."""
+        raise ConfigError(f"the {self.name} task has no embedding to export; `predict images=` answers files")
+
     def summary(self, metrics: dict) -> str:
         raise NotImplementedError
 
@@ -100,6 +131,27 @@ class EmbeddingTask(Task):
 
     registry_keys = Task.registry_keys + ("model.head", "model.loss", "loss.distance", "loss.miner")
     fold_files = ("best.pt", "classes.json")
+
+    export_output = "embeddings"
+
+    @classmethod
+    def fold_model(cls, cfg, fold_dir: Path, device="cpu"):
+        """A fold's best model, rebuilt from its classes.json (no pretrained weights or init needed)."""
+        from common.engine.trainer import load_best
+        from common.models.factory import build_model, without_init
+
+        info = json.loads((fold_dir / "classes.json").read_text())
+        classes = info["classes"] if isinstance(info, dict) else info
+        # placeholder counts without them: dynamic per-class margins are a buffer, restored from the checkpoint
+        counts = info.get("counts") if isinstance(info, dict) else None
+        model = build_model(without_init(cfg), len(classes), class_counts=counts or [1] * len(classes))
+        return load_best(model, fold_dir, device)
+
+    @classmethod
+    def fold_network(cls, cfg, fold_dir: Path):
+        from common.models.network import NormalisedEmbedding
+
+        return NormalisedEmbedding(cls.fold_model(cfg, fold_dir)).eval()
 
     @classmethod
     def check(cls, cfg) -> None:

@@ -17,11 +17,14 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from common.core.config import read_saved_config, save_config
 from common.core.errors import ConfigError, DataError
-from common.core.files import write_csv_atomic, write_json_atomic
+from common.core.files import write_csv_atomic, write_json_atomic, write_npz_atomic
 from common.core.paths import create_run, resolve_data_root, run_config, run_dir
 from common.core.validate import validate_config
+from common.data.tables import files_table
 from common.engine import distributed
 from common.engine.folds import run_folds
 from common.engine.trainer import seed_everything
@@ -29,7 +32,7 @@ from common.metrics import plots
 from common.tasks import TASKS
 
 # what `predict` may always change: where data and outputs are, and how it runs (not what it computes)
-ENGINE_PREDICT_KEYS = ("data.root", "data.cache_dir", "data.num_workers", "out", "progress", "threads",
+ENGINE_PREDICT_KEYS = ("data.root", "data.cache_dir", "data.num_workers", "out", "images", "progress", "threads",
                        "infer.batch_size", "run.name", "run.root", "gpus", "nproc", "nodes")
 
 
@@ -101,8 +104,9 @@ def predict_config(cls, cfg, run: Path):
     return saved
 
 
-def predict(comp, cfg) -> Path:
-    """`predict run.name=NAME [data.root=DIR] [out=FILE] [switches]`: a finished run on a test set."""
+def open_finished_run(comp, cfg, purpose: str = "predict"):
+    """A finished run's task on (possibly other) data: (task, saved config, run dir, metrics, fold dirs).
+    purpose "files": the test set is the `images=` folder or file instead of the competition's."""
     cls = task_class(comp)
     run = run_dir(cfg, comp.name, create=False)
     saved = predict_config(cls, cfg, run)
@@ -115,17 +119,71 @@ def predict(comp, cfg) -> Path:
     missing = [str(d / name) for d in fold_dirs for name in cls.fold_files if not (d / name).exists()]
     if missing:
         raise DataError(f"run '{run.name}': no trained model in {', '.join(missing)}")
+    files = None
+    if purpose == "files":
+        if not saved.get("images"):
+            raise ConfigError("images=DIR_OR_FILE is required: the folder (searched recursively) or file to answer")
+        files = files_table(saved.images, cls.id_column, cls.files_suffixes)  # bad input fails before any model loads
     root = resolve_data_root(saved, comp.name, comp.slug, comp.write_demo)
-    task = cls(comp, saved, root, purpose="predict")
+    task = cls(comp, saved, root, purpose=purpose)
+    if files is not None:
+        task.use_files(files)
     task.prepare()
+    return task, saved, run, metrics, fold_dirs
+
+
+def check_out(cfg, suffix: str) -> None:
+    """A wrong `out=` suffix is refused before any work."""
+    if cfg.get("out") and Path(cfg.out).suffix.lower() != suffix:
+        raise ConfigError(f"out={cfg.out}: this command writes a {suffix} file")
+
+
+def output_path(saved, run: Path, folder: str, stem: str, suffix: str) -> Path:
+    """`out=FILE`, else a new time-stamped file inside the run."""
+    check_out(saved, suffix)
+    if saved.get("out"):
+        return Path(saved.out)
+    return run / folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
+
+
+def predict(comp, cfg) -> Path:
+    """`predict run.name=NAME [data.root=DIR] [out=FILE] [switches]`: a finished run on a test set;
+    with `images=DIR_OR_FILE`, on any folder or file instead (one row per file, no Kaggle layout)."""
+    if cfg.get("images"):
+        return predict_files(comp, cfg)
+    check_out(cfg, ".csv")
+    task, saved, run, metrics, fold_dirs = open_finished_run(comp, cfg)
     answers = task.predict(fold_dirs, metrics, run)
     if not distributed.is_main():
         return run
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(saved.out) if saved.get("out") else run / "predictions" / f"submission-{stamp}.csv"
-    submission = comp.write_submission(task.test_ids(), answers, out, root)
+    out = output_path(saved, run, "predictions", "submission", ".csv")
+    submission = comp.write_submission(task.test_ids(), answers, out, task.root)
     found = {k: v for k, v in task.score_test(answers, metrics).items() if isinstance(v, float)}
     if found:
-        print(f"against the truth in {root}: " + ", ".join(f"{k} {v:.4f}" for k, v in found.items()))
+        print(f"against the truth in {task.root}: " + ", ".join(f"{k} {v:.4f}" for k, v in found.items()))
     print(f"submission: {submission}", flush=True)
     return submission
+
+
+def predict_files(comp, cfg) -> Path:
+    """`predict run.name=NAME images=DIR_OR_FILE [out=FILE.csv]`: one row per file."""
+    check_out(cfg, ".csv")
+    task, saved, run, metrics, fold_dirs = open_finished_run(comp, cfg, purpose="files")
+    frame = task.files_frame(task.predict(fold_dirs, metrics, run))
+    out = output_path(saved, run, "predictions", "files", ".csv")
+    write_csv_atomic(frame, out)
+    print(f"{len(frame)} file(s) from {saved.images} answered with run '{run.name}': {out}", flush=True)
+    return out
+
+
+def embed(comp, cfg) -> Path:
+    """`embed run.name=NAME images=DIR_OR_FILE [out=FILE.npz]`: the run's embeddings of any images
+    (the fold models' concatenated, L2-normalised), with their file names and paths."""
+    check_out(cfg, ".npz")
+    task, saved, run, metrics, fold_dirs = open_finished_run(comp, cfg, purpose="files")
+    vectors = np.asarray(task.embed_test(fold_dirs, run), dtype=np.float32)
+    out = output_path(saved, run, "embeddings", "embed", ".npz")
+    write_npz_atomic(out, embeddings=vectors, files=np.asarray(task.test[task.id_column].tolist(), dtype=str),
+                     paths=np.asarray(task.test.path.tolist(), dtype=str))  # str arrays: np.load needs no pickle
+    print(f"{len(vectors)} embedding(s) of dimension {vectors.shape[1]} from {saved.images}: {out}", flush=True)
+    return out

@@ -25,7 +25,7 @@ from common.engine.trainer import load_best, seed_everything, train_fold
 from common.losses.objective import build_objective
 from common.metrics import plots
 from common.metrics.scores import map_at_k, roc_curve_pairs, verification_metrics
-from common.models.factory import build_model, without_init
+from common.models.factory import build_model
 from common.retrieval.index import build_index, rank_classes, search
 from common.retrieval.new_class import insert_new_class, tune_threshold
 from common.tasks.base import TASKS, EmbeddingTask
@@ -68,8 +68,10 @@ class Identification(EmbeddingTask):
         self.train_df = comp.read_train(self.root, cfg)
         if cfg.data.limit and purpose == "train":
             self.train_df = self.train_df.iloc[: int(cfg.data.limit)].reset_index(drop=True)
-        self.test = comp.read_test(self.root)
-        self.truth = comp.read_truth(self.root)
+        if purpose == "files":  # the files come later (use_files); the data root needs no test folder
+            self.test, self.truth = None, None
+        else:
+            self.test, self.truth = comp.read_test(self.root), comp.read_truth(self.root)
         self.labels = self.train_df.label.to_numpy(dtype=object)
         n_known = len(set(self.labels) - {self.new_label})
         if n_known < 2:
@@ -166,24 +168,38 @@ class Identification(EmbeddingTask):
         plots.threshold_curve(grid, curve, threshold, metrics["oof_baseline_map5"], run / "map5_vs_threshold.png")
         return metrics
 
+    def fold_embeddings(self, fold_dirs, row_sets) -> list[np.ndarray]:
+        """Embeddings of each set of rows with every fold model, concatenated over the folds and scaled so
+        that the cosine of two concatenations is the mean of the folds' cosines (the ensemble)."""
+        parts: list[list[np.ndarray]] = [[] for _ in row_sets]
+        for fold_dir in fold_dirs:
+            model = self.fold_model(self.cfg, fold_dir, self.device)
+            for part, (rows, what) in zip(parts, row_sets):
+                part.append(self.embed(model, rows, f"{fold_dir.name}: embed {what}"))
+        return [np.concatenate(p, axis=1) / np.sqrt(len(fold_dirs)) for p in parts]
+
     def predict(self, fold_dirs, metrics: dict, run: Path) -> list[list[str]]:
         """Rank the test images against all known train images with every fold model (ensembled)."""
         cfg, new_label = self.cfg, self.new_label
         gallery_rows = np.flatnonzero(self.labels != new_label)
-        gallery_parts, query_parts = [], []
-        for fold_dir in fold_dirs:
-            n_classes = len(json.loads((fold_dir / "classes.json").read_text()))
-            # placeholder counts: dynamic per-class margins are a buffer, restored from the checkpoint
-            model = load_best(build_model(without_init(cfg), n_classes, class_counts=[1] * n_classes), fold_dir,
-                              self.device)
-            gallery_parts.append(self.embed(model, gallery_rows, f"{fold_dir.name}: embed gallery"))
-            query_parts.append(self.embed(model, self.images.rows["test"], f"{fold_dir.name}: embed test"))
-        gallery = np.concatenate(gallery_parts, axis=1) / np.sqrt(len(fold_dirs))
-        query = np.concatenate(query_parts, axis=1) / np.sqrt(len(fold_dirs))
+        gallery, query = self.fold_embeddings(fold_dirs, [(gallery_rows, "gallery"), (self.images.rows["test"], "test")])
         ranked, scores = rank_against_gallery(gallery, self.labels[gallery_rows], query, cfg.infer.neighbours)
+        self.test_ranking = (known(ranked), scores)
         if cfg.infer.new_whale:
             return known(insert_new_class(ranked, scores, metrics["threshold"], new_label=new_label))
         return [row[:5] for row in known(ranked)]
+
+    def files_frame(self, answers) -> pd.DataFrame:
+        ranked, scores = self.test_ranking
+        frame = pd.DataFrame({"file": self.test.image, "prediction": [" ".join(a) for a in answers],
+                              "ranked": [" ".join(r) for r in ranked]})
+        for r in range(scores.shape[1]):
+            frame[f"score{r + 1}"] = np.round(scores[:, r], 6)
+        frame["path"] = self.test.path.to_numpy()
+        return frame
+
+    def embed_test(self, fold_dirs, run: Path) -> np.ndarray:
+        return self.fold_embeddings(fold_dirs, [(self.images.rows["test"], "images")])[0]
 
     def score_test(self, answers, metrics: dict) -> dict:
         if self.truth is None:

@@ -42,7 +42,7 @@ from common.engine.trainer import load_best, seed_everything, train_fold
 from common.losses.objective import build_objective
 from common.metrics import plots
 from common.metrics.scores import gap
-from common.models.factory import build_model, without_init
+from common.models.factory import build_model
 from common.retrieval.vote import (NOT_A_CLASS, Neighbours, VoteSettings, best_settings, find_neighbours, gap_of_codes,
                                    predictions, tune_vote, vote)
 from common.tasks.base import TASKS, EmbeddingTask
@@ -133,8 +133,10 @@ class Recognition(EmbeddingTask):
             self.train_df = self.train_df.iloc[: int(cfg.data.limit)].reset_index(drop=True)
         if self.train_df.empty:
             raise DataError(f"{self.root}: no training image to search against")
-        self.test = comp.read_test(self.root)
-        self.truth = comp.read_truth(self.root)
+        if purpose == "files":  # the files come later (use_files); the data root needs no test folder
+            self.test, self.truth = pd.DataFrame({"image": [], "path": []}), None
+        else:
+            self.test, self.truth = comp.read_test(self.root), comp.read_truth(self.root)
         self.device = distributed.init(cfg)
         self.distractor_dir, self.distractors = resolve_distractors(cfg, self.root)
         self.labels = self.train_df.label.astype(str).to_numpy(dtype=object)
@@ -143,6 +145,18 @@ class Recognition(EmbeddingTask):
                             "with two or more (one stays in training, one is asked)")
         self.ids = {"train": self.train_df.image.astype(str).tolist(), "test": self.test.image.astype(str).tolist(),
                     "distractors": [p.relative_to(self.distractor_dir).as_posix() for p in self.distractors]}
+
+    def use_files(self, table: pd.DataFrame) -> None:
+        super().use_files(table)
+        self.ids["test"] = self.test.image.astype(str).tolist()
+
+    def files_frame(self, answers) -> pd.DataFrame:
+        return pd.DataFrame({"file": self.test.image, "prediction": [label or "" for label, _ in answers],
+                             "confidence": [round(float(c), 6) for _, c in answers], "path": self.test.path})
+
+    def embed_test(self, fold_dirs, run: Path) -> np.ndarray:
+        parts = [self.embed(self.fold_model(self.cfg, d, self.device), self.rows["test"], f"{d.name}: embed images") for d in fold_dirs]
+        return np.concatenate(parts, axis=1) / np.sqrt(len(parts))
 
     def prepare(self) -> None:
         self.images = ImageSet(self.cfg, self.comp.name, self.train_df, self.test, self.distractors)
@@ -160,12 +174,6 @@ class Recognition(EmbeddingTask):
             model, self.images.dataset(self.rows[part]), self.ids[part], directory / part, dim=cfg.model.embedding_dim,
             key=key, chunk_size=int(cfg.recognition.chunk_size), batch_size=cfg.infer.batch_size, device=self.device,
             tta_flip=bool(cfg.infer.tta_flip), desc=f"embed {part}", progress=cfg.progress) for part in parts}
-
-    def rebuild_model(self, fold_dir: Path):
-        """A fold's best model, rebuilt from classes.json (no pretrained weights or init needed)."""
-        info = json.loads((fold_dir / "classes.json").read_text())
-        model = build_model(without_init(self.cfg), len(info["classes"]), class_counts=info["counts"])
-        return load_best(model, fold_dir, self.device)
 
     # --- the engine's steps ----------------------------------------------------------------
     def split(self) -> np.ndarray:
@@ -288,7 +296,7 @@ class Recognition(EmbeddingTask):
             stores = {p: EmbeddingStore(directory / p, self.ids[p], cfg.model.embedding_dim,
                                         chunk_size=int(cfg.recognition.chunk_size), key=key) for p in parts}
             if not all(s.complete for s in stores.values()):
-                stores = self.embed_all(self.rebuild_model(fold_dir), directory, key, parts)
+                stores = self.embed_all(self.fold_model(self.cfg, fold_dir, self.device), directory, key, parts)
             if not self.distractors and (stored := stored_distractors(fold_dir, key)) is not None:
                 stores["distractors"] = stored
             for part, store in stores.items():

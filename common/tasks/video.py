@@ -29,6 +29,7 @@ from common.core.files import write_csv_atomic, write_json_atomic
 from common.core.paths import cache_root, resolve_data_root
 from common.data.augment import build_transform
 from common.data.loaders import make_loader
+from common.data.tables import VIDEO_SUFFIXES
 from common.engine import distributed
 from common.engine.folds import assert_disjoint, group_folds
 from common.engine.trainer import load_best, seed_everything, train_fold
@@ -41,7 +42,7 @@ from common.video.calibration import (balanced_log_loss, evaluate_oof, reliabili
                                       video_probabilities)
 from common.video.crops import FaceCropDataset
 from common.video.face_cache import CropReader, FaceCache, FaceExtractor, crop_size
-from common.video.inference import VideoPredictor, build_classifier, crop_logits, sigmoid
+from common.video.inference import FrameLogit, VideoPredictor, build_classifier, crop_logits, sigmoid
 
 BLEND_MODES = ("none", "augment", "only")
 
@@ -133,6 +134,8 @@ class Video(Task):
         if purpose == "train":
             self.data = VideoData(comp, cfg, self.root)
             self.test, self.truth = self.data.test, self.data.truth
+        elif purpose == "files":  # predict images=DIR: the files come later (use_files)
+            self.data, self.test, self.truth = None, None, None
         else:  # predict decodes and detects on the fly, as the Kaggle kernel does
             self.data, self.test, self.truth = None, comp.read_test(self.root), comp.read_truth(self.root)
 
@@ -219,7 +222,7 @@ class Video(Task):
 
     def predict(self, fold_dirs, metrics: dict, run: Path) -> np.ndarray:
         self.run = run
-        if self.purpose == "predict":
+        if self.purpose != "train":
             predictor = VideoPredictor.load(run, fold_dirs, cfg=self.cfg, device=self.device, progress=self.cfg.progress)
             return predictor.predict(self.test.path)
         calibration = json.loads((run / "calibration.json").read_text())
@@ -229,6 +232,17 @@ class Video(Task):
         if any(f is None for f in faces):
             warnings.warn(f"{sum(f is None for f in faces)} unreadable test video(s) answered 0.5", stacklevel=2)
         return predictor.predict_faces(faces)
+
+    files_suffixes = frozenset(VIDEO_SUFFIXES)
+    export_output = "logits"
+
+    @classmethod
+    def fold_network(cls, cfg, fold_dir: Path):
+        return FrameLogit(load_best(build_classifier(cfg, pretrained=False), fold_dir)).eval()
+
+    def files_frame(self, answers) -> pd.DataFrame:
+        return pd.DataFrame({"file": self.test.video, "p_fake": np.round(np.asarray(answers, dtype=float), 6),
+                             "path": self.test.path})
 
     def score_test(self, answers, metrics: dict) -> dict:
         if self.truth is None:

@@ -59,6 +59,17 @@ class FrameClassifier(nn.Module):
         return {"logits": self.head(self.pool(self.backbone.forward_features(images))).squeeze(1)}
 
 
+class FrameLogit(nn.Module):
+    """images -> one logit per image (P(fake) = sigmoid, before the run's calibration): for ONNX."""
+
+    def __init__(self, model: FrameClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)["logits"]
+
+
 def build_classifier(cfg, pretrained=None) -> FrameClassifier:
     """The network of `cfg.model`; `pretrained=False` when fold weights will be loaded anyway."""
     m = cfg.model

@@ -76,6 +76,27 @@ def test_ddp_two_gloo_processes_match_single_process(name, tmp_path):
     print(name, {k: (round(single[k], 4), round(double[k], 4)) for k in keys})
     for key in keys:
         assert abs(double[key] - single[key]) < tolerance, (key, single[key], double[key])
+    _check_report(name, single_run)
+
+
+# the galleries each task's report must show (common/report/retrieval.py, video.py)
+GALLERIES = {"whales": "Worst out-of-fold queries", "happywhale": "Identities most often confused",
+             "landmarks": "Queries the distractor re-ranking rescued", "deepfake": "cost the most log loss"}
+
+
+def _check_report(name: str, run: Path) -> None:
+    """The smoke run's report.html: its galleries, and in a real browser (when Chromium is installed)
+    every image decodes and the page prints nothing to the console; the screenshot stays in the run."""
+    from common.report.browser import check_page, find_browser
+
+    page = (run / "report.html").read_text()
+    assert "Headline" in page and "trivial baseline" in page and GALLERIES[name] in page
+    assert "src=\"http" not in page and "<img" in page  # self-contained
+    if find_browser() is None:
+        return
+    result = check_page(run / "report.html", run / "report.png")
+    assert result.ok, (result.images, result.broken_images, result.console)
+    assert result.images > 5 and (run / "report.png").stat().st_size > 10_000
 
 
 def test_pretrain_under_two_gloo_processes_writes_one_run(tmp_path):

@@ -32,7 +32,7 @@ def smoke_run(whale_demo, tmp_path_factory):
 def test_train_writes_a_complete_run_directory(smoke_run, whale_demo):
     _, run = smoke_run
     for name in ["config.yaml", "log.csv", "folds.csv", "oof.csv", "metrics.json", "submission.csv",
-                 "curves.png", "map5_vs_threshold.png", "similarity_hist.png", "roc.png",
+                 "curves.png", "map5_vs_threshold.png", "similarity_hist.png", "roc.png", "report.html",
                  "fold0/best.pt", "fold0/last.pt", "fold0/oof.csv"]:
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
@@ -150,6 +150,27 @@ def test_export_writes_onnx_that_onnxruntime_runs_like_torch(smoke_run, tmp_path
         want = network(images).numpy()
     assert got.shape == (4, spec["models"] and want.shape[1])
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_report_is_rebuilt_from_the_run_and_survives_missing_data(smoke_run, whale_demo, tmp_path):
+    runs, run = smoke_run
+    oof = pd.read_csv(run / "oof.csv", keep_default_na=False)
+    first = oof.iloc[0]
+    names = set(pd.read_csv(whale_demo / "train.csv").Image)
+    assert len(first.neighbours.split()) == len(first.ranked.split()) and set(first.neighbours.split()) <= names
+    (run / "report.html").unlink()
+    assert run_cli("report", f"run.root={runs}", "run.name=smoke") == 0
+    page = (run / "report.html").read_text()
+    assert "Worst out-of-fold queries" in page and page.count("data:image/jpeg") > 10  # thumbnails of real images
+    copy = tmp_path / "copied" / "whales" / "smoke"  # a downloaded run, its data elsewhere
+    shutil.copytree(run, copy)
+    metrics = json.loads((copy / "metrics.json").read_text())
+    (copy / "metrics.json").write_text(json.dumps({**metrics, "data_root": str(tmp_path / "gone")}))
+    (copy / "config.yaml").write_text((copy / "config.yaml").read_text().replace(str(whale_demo), str(tmp_path / "gone")))
+    assert run_cli("report", f"run.root={tmp_path / 'copied'}", "run.name=smoke") == 0
+    page = (copy / "report.html").read_text()
+    assert "images were not found" in page and "data:image/jpeg" not in page
+    assert "data:image/png" in page  # the plots live in the run itself
 
 
 def test_predict_needs_an_existing_run(tmp_path, capsys):

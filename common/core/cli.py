@@ -28,6 +28,7 @@ COMMANDS = {
     "predict": "common.tasks.engine:predict",
     "embed": "common.tasks.engine:embed",
     "export": "common.tasks.export:export_command",
+    "report": "common.report.build:report_command",
     "pretrain": "common.ssl.pretrain:pretrain_command",
     "download": "common.kaggle.commands:download_command",
     "submit": "common.kaggle.commands:submit_command",

@@ -165,13 +165,14 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, batch_size: int = 65
 # From neighbours to ranked identities
 # --------------------------------------------------------------------------------------------
 def rank_classes(
-    sims: np.ndarray, ids: np.ndarray, gallery_labels: np.ndarray, top: int = 5
-) -> tuple[list[list[str]], np.ndarray]:
+    sims: np.ndarray, ids: np.ndarray, gallery_labels: np.ndarray, top: int = 5, with_ids: bool = False
+):
     """Per query, the distinct gallery labels among its neighbours, best first.
 
     A label's score is the maximum similarity over that label's images among the neighbours.
     Returns ``(labels, scores)``: ``labels`` is a list of ``top`` labels per query and ``scores``
-    a float array ``[n, top]`` in the same order (non-increasing). When a query has fewer than
+    a float array ``[n, top]`` in the same order (non-increasing); `with_ids` adds ``[n, top]`` gallery
+    ids of each label's best neighbour (-1 for padding). When a query has fewer than
     ``top`` distinct labels the lists are padded with label ``None`` and score ``-inf``.
     Neighbours with id -1 (not found) are ignored. Vectorised over queries and neighbours.
     """
@@ -195,6 +196,7 @@ def rank_classes(
     order = np.argsort(np.where(valid, -sims, np.inf), axis=1, kind="stable")
     label_code = np.take_along_axis(label_code, order, axis=1)
     sorted_sims = np.take_along_axis(sims, order, axis=1)
+    sorted_ids = np.take_along_axis(ids, order, axis=1)
     valid = np.take_along_axis(valid, order, axis=1)
 
     # First occurrence of each label in a row = its best neighbour = its max similarity.
@@ -214,7 +216,9 @@ def rank_classes(
     out_scores = np.full((n_queries, top), -np.inf, dtype=np.float32)
     out_codes[rows, slot[rows, cols]] = label_code[rows, cols]
     out_scores[rows, slot[rows, cols]] = sorted_sims[rows, cols]
+    out_ids = np.full((n_queries, top), -1, dtype=np.int64)
+    out_ids[rows, slot[rows, cols]] = sorted_ids[rows, cols]
 
     names = np.append(np.asarray(uniques, dtype=object), None)  # code -1 -> None
     labels = names[out_codes].tolist()
-    return labels, out_scores
+    return (labels, out_scores, out_ids) if with_ids else (labels, out_scores)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +80,23 @@ def train(comp, cfg) -> Path:
     metrics.update(task.score_test(answers, metrics))
     write_json_atomic(run / "metrics.json", metrics)
     plots.training_curves(run / "log.csv", run / "curves.png")
+    report = write_report(comp, cfg, run, root)
     print("\n" + task.summary(metrics))
-    print(f"submission: {submission}\nrun directory: {run}", flush=True)
+    print(f"submission: {submission}\n{report}run directory: {run}", flush=True)
     return run
+
+
+def write_report(comp, cfg, run: Path, root: Path) -> str:
+    """report.html at the end of train. Everything it shows is already saved, so a failure here costs
+    nothing: it is reported with the command that rebuilds the page once fixed."""
+    from common.report.build import build_report
+
+    try:
+        return f"report: {build_report(comp, cfg, run, root)}\n"
+    except Exception as exc:  # noqa: BLE001 - the run is complete; the page is a view of it
+        traceback.print_exc()
+        return (f"warning: report.html was not written ({type(exc).__name__}: {exc}); rebuild it with "
+                f"./run.sh {comp.name} report run.name={run.name}\n")
 
 
 def predict_config(cls, cfg, run: Path):

@@ -38,11 +38,12 @@ def trivial_baseline(train_labels, truth, new_label: str, k: int = 5) -> float:
     return map_at_k([[new_label, *frequent]] * len(truth), list(truth), k)
 
 
-def rank_against_gallery(gallery_emb, gallery_labels, query_emb, neighbours: int, k: int = 5):
-    """Top-k identities (by max similarity) and their scores for every query."""
+def rank_against_gallery(gallery_emb, gallery_labels, query_emb, neighbours: int, k: int = 5, with_ids: bool = False):
+    """Top-k identities (by max similarity) and their scores for every query (`with_ids`: and the
+    gallery position of each identity's best image)."""
     index = build_index(gallery_emb)
     sims, ids = search(index, query_emb, neighbours)
-    return rank_classes(sims, ids, np.asarray(gallery_labels, dtype=object), top=k)
+    return rank_classes(sims, ids, np.asarray(gallery_labels, dtype=object), top=k, with_ids=with_ids)
 
 
 def known(ranked) -> list[list[str]]:
@@ -128,10 +129,14 @@ class Identification(EmbeddingTask):
         model = load_best(model, fold_dir, self.device)
         gallery = self.embed(model, train_rows, "embed gallery")
         query = self.embed(model, val_rows, "embed validation")
-        ranked, scores = rank_against_gallery(gallery, self.labels[train_rows], query, self.cfg.infer.neighbours)
+        ranked, scores, best = rank_against_gallery(gallery, self.labels[train_rows], query, self.cfg.infer.neighbours,
+                                                    with_ids=True)
         np.save(fold_dir / "val_embeddings.npy", query.astype(np.float16))
-        frame = pd.DataFrame({"image": self.train_df.image.to_numpy()[val_rows], "label": self.labels[val_rows],
-                              "truth": truth, "fold": fold, "ranked": [" ".join(r) for r in known(ranked)]})
+        names = self.train_df.image.to_numpy()
+        frame = pd.DataFrame({"image": names[val_rows], "label": self.labels[val_rows],
+                              "truth": truth, "fold": fold, "ranked": [" ".join(r) for r in known(ranked)],
+                              # the gallery image behind each ranked identity (the report shows it)
+                              "neighbours": [" ".join(names[train_rows[i]] for i in row if i >= 0) for row in best]})
         for r in range(scores.shape[1]):
             frame[f"score{r + 1}"] = scores[:, r]
         write_csv_atomic(frame, fold_dir / self.fold_marker)

@@ -1,0 +1,1 @@
+"""report.html: a run seen in the browser (common.report.build)."""

@@ -72,14 +72,6 @@ def test_head_gets_its_own_learning_rate_and_no_decay_on_biases():
     assert ("head", False) in by  # biases: no weight decay
 
 
-def test_tensorboard_event_files_next_to_the_log(tmp_path):
-    pytest.importorskip("tensorboard")
-    cfg, loader = _setup(epochs=1)
-    train_fold(cfg, fold=0, model=Tiny(), train_loader=loader, loss_fn=ce, evaluate=lambda m: {"score": 1.0},
-               fold_dir=tmp_path / "fold0", log_path=tmp_path / "log.csv", device=torch.device("cpu"), monitor="score")
-    assert list((tmp_path / "tensorboard" / "fold0").glob("events.out.tfevents.*"))
-
-
 def test_the_model_before_training_is_epoch_zero_and_wins_when_training_does_not_help(tmp_path, capsys):
     """Fine-tuning must never leave a fold worse than where it started (e.g. frozen ImageNet features)."""
     cfg, loader = _setup(epochs=2)

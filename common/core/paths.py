@@ -75,7 +75,7 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*")
 # keys a resumed run may change: how it runs, not what it computes
 RESUMABLE_KEYS = ("resume", "progress", "threads", "data.num_workers", "data.root", "data.cache_dir",
                   "infer.batch_size", "gpus", "nproc", "nodes", "dist.node_rank", "dist.master_addr",
-                  "dist.master_port", "run.name", "run.root")
+                  "dist.master_port", "run.name", "run.root", "tracking", "tracking_uri")
 
 
 def run_dir(cfg, competition: str, *, create: bool) -> Path:

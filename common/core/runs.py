@@ -100,7 +100,8 @@ def runs_command(comp, cfg, args) -> pd.DataFrame:
     if table.empty:
         print(f"no finished run in {folder} (a run is finished once it has metrics.json)")
         return table
-    unfinished = sum(1 for d in folder.iterdir() if d.is_dir() and not (d / "metrics.json").exists())
+    unfinished = sum(1 for d in folder.iterdir() if d.is_dir() and (d / "config.yaml").exists()
+                     and not (d / "metrics.json").exists())  # run folders only (not mlruns/)
     better = "lower" if _lower_is_better(table) else "higher"
     shown = table.copy()
     for column in ("score", "test", "threshold"):

@@ -13,6 +13,7 @@ from typing import Any
 from common.core.config import lookup
 from common.core.errors import ConfigError
 from common.core.registry import ALL
+from common.engine.tracking import check_tracking
 
 # modules whose import fills the registries named in configs
 CATALOG = ("common.models.heads", "common.models.pretrained", "common.losses.pair", "common.data.augment",
@@ -92,5 +93,6 @@ def validate_config(cfg, task_cls=None) -> None:
     keys = task_cls.registry_keys if task_cls is not None else tuple(k for r in ALL.values() for k in r.keys_in_config)
     _check_registries(cfg, keys)
     _check_timm_names(cfg)
+    check_tracking(cfg)
     if task_cls is not None:
         task_cls.check(cfg)

@@ -23,7 +23,7 @@ from timm.scheduler import create_scheduler_v2
 from tqdm import tqdm
 
 from common.core.files import load_checkpoint, save_checkpoint, write_csv_atomic, write_json_atomic
-from common.engine import distributed
+from common.engine import distributed, tracking
 from common.engine.precision import autocast, autocast_dtype
 
 
@@ -62,17 +62,6 @@ class FoldResult:
     best_epoch: int
     best_score: float
     history: list[dict] = field(default_factory=list)
-
-
-def tensorboard_writer(log_dir: Path):
-    """TensorBoard event files next to log.csv when the optional `tensorboard` package is installed."""
-    if not distributed.is_main():
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # optional dependency: log.csv and the PNGs carry the same numbers
-        return None
-    return SummaryWriter(log_dir=str(log_dir))
 
 
 def _plain(value):
@@ -143,6 +132,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         row = {"fold": fold, "epoch": 0, **metrics, "lr": 0.0, "frozen": False, "train_seconds": 0.0, "seconds": 0.0}
         history.append(row)
         append_log(log_path, row)
+        tracking.active().log_epoch(fold, row)
         if main:
             save_checkpoint({"model": model.state_dict(), "epoch": 0, monitor: best_score}, best_path)
         save_last(-1)
@@ -154,7 +144,6 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
                                    find_unused=distributed.unused_parameters(core, int(t.freeze_epochs)))
     better = (lambda a, b: b is None or a > b) if mode == "max" else (lambda a, b: b is None or a < b)
     freeze_epochs = int(t["freeze_epochs"])
-    board = tensorboard_writer(log_path.parent / "tensorboard" / f"fold{fold}")
     for epoch in range(start_epoch, t.epochs):
         started = time.time()
         frozen = epoch < freeze_epochs
@@ -205,18 +194,12 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
                 save_checkpoint({"model": core.state_dict(), "epoch": epoch + 1, monitor: score}, best_path)
         history.append(row)
         append_log(log_path, row)
-        if board is not None:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key not in ("fold", "epoch"):
-                    board.add_scalar(key, value, epoch + 1)
-            board.flush()
+        tracking.active().log_epoch(fold, row)
         print(f"fold {fold} epoch {epoch + 1}/{t.epochs}  loss {row['train_loss']:.4f}  "
               + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
               + f"  lr {row['lr']:.2e}  {row['seconds']:.0f}s", flush=True)
         save_last(epoch)
         distributed.barrier()
-    if board is not None:
-        board.close()
     if best_epoch == 0 and t.epochs > 0:
         print(f"warning: fold {fold}: no epoch beat the model before training ({monitor} {best_score:.4f}); best.pt "
               "keeps the initial weights (a lower train.lr, more epochs, or train.freeze_epochs may help)", flush=True)

@@ -26,7 +26,7 @@ from common.core.files import write_csv_atomic, write_json_atomic, write_npz_ato
 from common.core.paths import create_run, resolve_data_root, run_config, run_dir
 from common.core.validate import validate_config
 from common.data.tables import files_table
-from common.engine import distributed
+from common.engine import distributed, tracking
 from common.engine.folds import run_folds
 from common.engine.trainer import seed_everything
 from common.metrics import plots
@@ -58,6 +58,7 @@ def train(comp, cfg) -> Path:
     if main:
         save_config(cfg, run / "config.yaml")
         write_csv_atomic(task.fold_table(folds), run / "folds.csv")
+    tracking.start(cfg, run, comp.name)
     print(f"{comp.name}: {task.describe()}; data {root}; run {run}", flush=True)
 
     fold_dirs = []
@@ -81,6 +82,7 @@ def train(comp, cfg) -> Path:
     write_json_atomic(run / "metrics.json", metrics)
     plots.training_curves(run / "log.csv", run / "curves.png")
     report = write_report(comp, cfg, run, root)
+    tracking.finish(metrics)
     print("\n" + task.summary(metrics))
     print(f"submission: {submission}\n{report}run directory: {run}", flush=True)
     return run

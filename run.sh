@@ -9,9 +9,11 @@ usage() {
 usage:
   ./run.sh test [pytest args]                       run the test suite (e.g. ./run.sh test -k metrics)
   ./run.sh <competition> <command> [key=value ...]  competitions: whales | happywhale | landmarks | deepfake
-      commands: demo-data [DIR] | train | predict run.name=NAME | pretrain | download | submit | kernel | runs
+      commands: demo-data [DIR] | train | predict run.name=NAME [images=DIR] | embed | export | report
+                | pretrain | download | submit | kernel | runs
       deepfake also: detect (cache face crops once)
   ./run.sh bench <train|heads|pretrain|retrieval|deepfake>
+  ./run.sh doctor                                   what this machine can do for the toolkit
   ./run.sh help
 examples:
   ./run.sh whales train                       # real data from inputs/humpback-whale-identification/, else demo data
@@ -46,6 +48,9 @@ case "$cmd" in
   bench)
     shift; setup_python
     exec "$PY" -m bench "$@" ;;
+  doctor)
+    setup_python
+    exec "$PY" -m common.core.doctor ;;
   whales|happywhale|landmarks|deepfake)
     shift
     if [ $# -eq 0 ]; then usage; exit 2; fi

@@ -50,7 +50,7 @@ case "$cmd" in
     exec "$PY" -m bench "$@" ;;
   doctor)
     setup_python
-    exec "$PY" -m common.core.doctor ;;
+    exec "$PY" -m competitions.doctor ;;
   whales|happywhale|landmarks|deepfake)
     shift
     if [ $# -eq 0 ]; then usage; exit 2; fi

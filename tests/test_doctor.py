@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_doctor_reports_every_section_and_never_prints_a_secret(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KAGGLE_USERNAME": "someone",
            "KAGGLE_KEY": "s3cr3t-value-0123", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "common.core.doctor"], cwd=REPO, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "competitions.doctor"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=120)
     out = done.stdout
     for section in ("system", "disk", "data", "kaggle", "optional"):

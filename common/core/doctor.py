@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 OK, NO, BAD = "ok", "--", "!!"
@@ -76,13 +77,13 @@ def disk() -> list[tuple[str, str, str]]:
     return rows
 
 
-def data() -> list[tuple[str, str, str]]:
-    import competitions
+def data(comps: Sequence) -> list[tuple[str, str, str]]:
+    """Where each competition's data are found; `comps` come from the caller (common never imports competitions)."""
     from common.core.paths import REPO_ROOT, kaggle_input_dirs
 
     rows = []
-    for name in competitions.NAMES:
-        comp = competitions.load(name)
+    for comp in comps:
+        name = comp.name
         found = next((p for p in [REPO_ROOT / "inputs" / comp.slug, *kaggle_input_dirs(comp.slug)]
                       if p.is_dir() and any(p.iterdir())), None)
         demo = REPO_ROOT / "inputs" / "demo" / name
@@ -137,9 +138,10 @@ def optional() -> list[tuple[str, str, str]]:
     return rows
 
 
-def main() -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    groups = [("system", system), ("disk", disk), ("data", data), ("kaggle", kaggle), ("optional", optional)]
+def main(comps: Sequence) -> int:
+    """Print every section; exit status 1 when a required piece is missing. `comps`: the competition objects."""
+    groups = [("system", system), ("disk", disk), ("data", lambda: data(comps)), ("kaggle", kaggle),
+              ("optional", optional)]
     problems = 0
     for title, fn in groups:
         print(f"\n{title}")
@@ -149,6 +151,3 @@ def main() -> int:
     print(f"\n{problems} problem(s)" if problems else "\nno problems found")
     return 1 if problems else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

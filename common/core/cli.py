@@ -16,6 +16,7 @@ from pathlib import Path
 from common.core.config import load_config
 from common.core.errors import ConfigError, DataError
 from common.engine import distributed
+from common.models.input_config import resolve_input_config
 
 USAGE = """usage: ./run.sh <competition> <command> [key=value ...]
        ./run.sh test [pytest args]
@@ -69,6 +70,7 @@ def main(comp, argv: list[str]) -> int:
     overrides = [a for a in rest if "=" in a]
     try:
         cfg = load_config(comp.config_path, overrides)
+        resolve_input_config(cfg, command)  # data.image_size=auto -> [h, w], once, before validation and torchrun
         if cfg.threads:
             import torch
 

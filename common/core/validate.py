@@ -36,6 +36,12 @@ def _number(cfg, key: str, kind: type, minimum: float, *, strict: bool = False, 
         raise ConfigError(f"{key}={value}: must be {'>' if strict else '>='} {minimum}")
 
 
+def _choice(cfg, key: str, choices: tuple) -> None:
+    value = _value(cfg, key)
+    if value is not _MISSING and not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+        raise ConfigError(f"{key}={value!r}: choose one of {', '.join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)}")
+
+
 def _check_registries(cfg, keys: tuple[str, ...]) -> None:
     for module in CATALOG:
         importlib.import_module(module)
@@ -67,9 +73,9 @@ def _check_timm_names(cfg) -> None:
 
 def _check_sizes(cfg) -> None:
     size = _value(cfg, "data.image_size")
-    if size is not _MISSING and not (isinstance(size, list) and len(size) == 2
+    if size is not _MISSING and size != "auto" and not (isinstance(size, list) and len(size) == 2
                                      and all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in size)):
-        raise ConfigError(f"data.image_size={size!r}: expected [height, width], two integers >= 16")
+        raise ConfigError(f"data.image_size={size!r}: expected [height, width], two integers >= 16, or auto")
     for key in ("train.epochs", "train.batch_size", "infer.batch_size", "infer.neighbours", "model.embedding_dim",
                 "train.pk_k", "train.accum_steps"):
         _number(cfg, key, int, 1)
@@ -81,6 +87,18 @@ def _check_sizes(cfg) -> None:
     _number(cfg, "data.num_workers", int, 0)
     _number(cfg, "data.limit", int, 1, none_ok=True)
     _number(cfg, "threads", int, 1, none_ok=True)
+    _number(cfg, "data.box_margin", float, 0)
+    _number(cfg, "infer.verify_k", int, 1)
+    _number(cfg, "infer.verify_features", int, 8)
+    _number(cfg, "infer.verify_side", int, 32)
+    _choice(cfg, "data.resize", ("stretch", "pad"))
+    _choice(cfg, "data.normalize", ("imagenet", "auto"))
+    _choice(cfg, "infer.verify", ("none", "sift", "orb", "akaze"))
+    for key in ("train.ema", "infer.dba", "infer.query_expansion", "infer.kreciprocal"):
+        _choice(cfg, key, (True, False))
+    decay = _value(cfg, "train.ema_decay")
+    if decay is not _MISSING and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1):
+        raise ConfigError(f"train.ema_decay={decay!r}: a number between 0 and 1 (e.g. 0.998)")
     folds, chosen = _value(cfg, "train.folds"), _value(cfg, "train.run_folds")
     if chosen not in (_MISSING, None):
         if not isinstance(chosen, list) or not chosen or any(not isinstance(f, int) or not 0 <= f < folds for f in chosen):

@@ -11,10 +11,10 @@ import cv2
 from albumentations.pytorch import ToTensorV2
 
 from common.core.registry import Registry
+from common.models.input_config import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (older code imports them here)
 
 AUGMENTATIONS = Registry("augmentation", keys=("augment.train", "augment.valid"))
 PIPELINES = AUGMENTATIONS  # the name older code and notebooks use
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 register = AUGMENTATIONS.register
@@ -53,10 +53,12 @@ def strong(size) -> list:
     return identity_preserving(size) + [A.HorizontalFlip(p=0.5)]
 
 
-def build_transform(name: str, size, normalize: bool = True) -> A.Compose:
+def build_transform(name: str, size, normalize: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.Compose:
+    """The pipeline `name`, then (normalize) `(pixel / 255 - mean) / std` and a CHW tensor. `mean`/`std`
+    default to ImageNet's; `common.models.input_config.normalization(cfg)` gives what `data.normalize` asks for."""
     steps = AUGMENTATIONS.get(name, "augment.train")(size)
     if normalize:
-        steps += [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()]
+        steps += [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()]
     return A.Compose(steps)
 
 

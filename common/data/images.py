@@ -85,8 +85,45 @@ def check_files_exist(paths: Sequence[str | Path], listed_in: str | Path) -> Non
         raise DataError(f"{listed_in}: listed image {missing[0]} does not exist{more}")
 
 
+RESIZE_MODES = ("stretch", "pad")
+# `pad`'s border: the ImageNet mean colour, not black. After normalisation with ImageNet's mean/std
+# it is ~0 in every channel, i.e. what the network's own zero padding feeds its convolutions: the
+# border adds no signal of its own. Black would become about -2 after normalisation, a strong dark
+# frame whose edges every first-layer filter answers to (and whose width tells the aspect ratio).
+# It is a fixed colour, independent of `data.normalize`, so the cache entry does not depend on it.
+PAD_COLOUR = (124, 116, 104)  # round(255 * (0.485, 0.456, 0.406))
+
+
+def fit_image(img: np.ndarray, size: tuple[int, int], resize: str = "stretch",
+              colour: Sequence[int] = PAD_COLOUR) -> np.ndarray:
+    """`img` (H x W x 3 uint8) as exactly `size` = (height, width), with cv2.INTER_AREA.
+
+    stretch: resized to (height, width), the aspect ratio lost.
+    pad: resized by one factor so that it fits inside (height, width) with the aspect ratio kept
+    (one side then fills its dimension), and centred on a `colour` canvas (see PAD_COLOUR).
+    """
+    height, width = int(size[0]), int(size[1])
+    if resize == "stretch":
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+    if resize != "pad":
+        raise ValueError(f"resize={resize!r}: one of {', '.join(RESIZE_MODES)}")
+    h, w = img.shape[:2]
+    scale = min(height / h, width / w)
+    new_h, new_w = min(height, max(1, round(h * scale))), min(width, max(1, round(w * scale)))
+    canvas = np.empty((height, width, 3), np.uint8)
+    canvas[:] = np.asarray(colour, np.uint8)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    return canvas
+
+
 class ImageCache:
     """All images of a table, decoded once and resized to (height, width), in a uint8 memmap.
+
+    `resize` is `stretch` (to (height, width) exactly) or `pad` (aspect ratio kept, the rest padded:
+    `fit_image`). `boxes`, aligned with `paths` (None: the whole image), crops each image to its
+    box grown by `box_margin` before the resize (`common.data.boxes`); `boxes_source` (the CSV)
+    is named when a box turns out to lie outside its image. Both are part of the cache key.
 
     The cache trusts nothing it has not checked: its key covers the file list, the size and each
     file's content (all bytes of a file up to 256 KiB, else its size and first and last 128 KiB), so
@@ -99,12 +136,23 @@ class ImageCache:
     CHECKED_ROWS = 64
 
     def __init__(self, paths: Sequence[str | Path], size: tuple[int, int], cache_dir: str | Path | None,
-                 workers: int = 4, progress: bool = True):
+                 workers: int = 4, progress: bool = True, *, resize: str = "stretch",
+                 boxes: Sequence[tuple[float, float, float, float] | None] | None = None, box_margin: float = 0.1,
+                 boxes_source: str = "data.boxes"):
         from common.core.files import write_json_atomic
         from common.core.locks import filling
 
         self.paths = [str(p) for p in paths]
         self.size = (int(size[0]), int(size[1]))
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize={resize!r}: one of {', '.join(RESIZE_MODES)}")
+        self.resize = resize
+        if boxes is not None and len(boxes) != len(self.paths):
+            raise ValueError(f"{len(boxes)} boxes for {len(self.paths)} images")
+        self.boxes = None if boxes is None or all(b is None for b in boxes) else \
+            [None if b is None else tuple(float(v) for v in b) for b in boxes]
+        self.box_margin = float(box_margin)
+        self.boxes_source = str(boxes_source)
         shape = (len(self.paths), self.size[0], self.size[1], 3)
         if cache_dir is None:
             self.array = np.empty(shape, np.uint8)
@@ -154,17 +202,27 @@ class ImageCache:
         return True
 
     def _key(self) -> str:
-        h = hashlib.sha1(repr(self.size).encode())
-        for p in self.paths:
-            h.update(f"{p}|{content_hash(p)}\n".encode())
+        """The entry's name. `stretch` without boxes hashes exactly what it always did (existing
+        caches stay valid); `pad` adds the mode to the size, and an image with a box adds the box
+        and the margin to its own line (an image without one keeps its line)."""
+        head = repr(self.size) if self.resize == "stretch" else f"{self.size!r}|resize={self.resize}"
+        h = hashlib.sha1(head.encode())
+        for i, p in enumerate(self.paths):
+            box = None if self.boxes is None else self.boxes[i]
+            extra = "" if box is None else f"|box={','.join(map(repr, box))}|margin={self.box_margin!r}"
+            h.update(f"{p}|{content_hash(p)}{extra}\n".encode())
         return h.hexdigest()[:20]
 
     def _fill(self, indices, workers: int, progress: bool) -> None:
-        height, width = self.size
+        from common.data.boxes import crop
+
+        size = self.size
 
         def work(i: int) -> None:
             img = load_rgb(self.paths[i])
-            self.array[i] = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+            if self.boxes is not None and self.boxes[i] is not None:
+                img = crop(img, self.boxes[i], self.box_margin, image=self.paths[i], source=self.boxes_source)
+            self.array[i] = fit_image(img, size, self.resize)
 
         indices = list(indices)
         with ThreadPoolExecutor(max(1, workers)) as pool:

@@ -20,6 +20,8 @@ from common.core.errors import ConfigError, DataError
 from common.core.files import atomic_path, write_json_atomic
 from common.core.paths import run_dir
 from common.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from common.data.images import PAD_COLOUR
+from common.models.input_config import normalization
 from common.engine.folds import run_folds
 from common.tasks.engine import predict_config, task_class
 
@@ -83,13 +85,20 @@ def export_command(comp, cfg) -> Path:
         difference = export_fold(cls.fold_network(saved, fold_dir), size, path, cls.export_output)
         models.append({"file": path.name, "max_abs_difference_vs_torch": difference})
         print(f"{path}: onnxruntime matches torch within {difference:.1e}", flush=True)
+    mean, std = normalization(saved) if cls.name != "video" else (IMAGENET_MEAN, IMAGENET_STD)
+    if saved.data.get("resize", "stretch") == "pad" and cls.name != "video":
+        resize = (f"keep the aspect ratio, fit inside {size[0]}x{size[1]} with cv2.INTER_AREA, centre it and pad "
+                  f"the rest with RGB {list(PAD_COLOUR)}")
+    else:
+        resize = f"the whole image (a face crop for video) to {size[0]}x{size[1]} with cv2.INTER_AREA, stretched, no padding"
+    if saved.data.get("boxes") and cls.name != "video":
+        resize = (f"first crop to the image's box (data.boxes, grown by {saved.data.box_margin} of its size on every "
+                  "side), then " + resize)
     spec = {
         "competition": comp.name, "run": run.name, "task": cls.name,
         "input": {"name": "images", "layout": "NCHW", "dtype": "float32", "channels": "RGB",
                   "height": size[0], "width": size[1], "batch": "any",
-                  "resize": f"the whole image (a face crop for video) to {size[0]}x{size[1]} with cv2.INTER_AREA, "
-                            "stretched, no padding",
-                  "scale": 1 / 255, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                  "resize": resize, "scale": 1 / 255, "mean": list(mean), "std": list(std),
                   "formula": "(pixel / 255 - mean) / std, per channel"},
         "output": {"name": cls.export_output, "tta": "mirror the image, average (embeddings: then L2-normalise)"
                    if saved.infer.tta_flip else "none"},

@@ -120,6 +120,12 @@ class Video(Task):
         if cfg.train.class_weights and cfg.train.sampler != "random":
             raise ConfigError("train.class_weights=true balances the classes in the loss: use it with "
                               "train.sampler=random (the default sampler balances them already)")
+        unused = [f"{k}={v}" for k, v, default in (("data.resize", cfg.data.resize, "stretch"),
+                                                    ("data.normalize", cfg.data.normalize, "imagenet"),
+                                                    ("data.boxes", cfg.data.boxes, None)) if v != default]
+        if unused:
+            raise ConfigError(f"{', '.join(unused)}: the video task crops faces itself (faces.*) and normalises "
+                              "with ImageNet's statistics; these image keys do not apply to it")
         if cfg.blend.mode not in BLEND_MODES:
             raise ConfigError(f"blend.mode={cfg.blend.mode}; choose from {', '.join(BLEND_MODES)}")
         grid = cfg.calibrate.eps_grid

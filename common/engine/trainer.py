@@ -3,8 +3,17 @@
 It knows nothing about whales, landmarks or videos. A competition hands it a model, a training
 DataLoader, a loss function and an `evaluate(model) -> {metric: value}` callback; the trainer
 does optimiser and schedule (timm's factories), mixed precision on CUDA, gradient accumulation,
-layer-wise learning rates, an optional frozen-backbone warm-up, best/last checkpoints, resume
-from the last finished epoch, and one row per epoch in the run's `log.csv`.
+layer-wise learning rates, an optional frozen-backbone warm-up, an optional moving average of the
+weights (`train.ema`), best/last checkpoints, resume from the last finished epoch, and one row per
+epoch in the run's `log.csv`.
+
+`train.ema=true` keeps timm's `ModelEmaV3` of the weights, updated after every optimizer step with
+timm's warm-up (early steps average less, the decay grows towards `train.ema_decay`). Why: small-batch
+CPU training ends noisy, and the average of the last epochs' weights is smoother than any one of them;
+timm's EMA is what the competition winners trained with. Validation (epoch 0 included, where the EMA
+is the model) scores the EMA, so `best.pt` holds the EMA's weights, in the usual format, and everything
+that calls `load_best` (OOF answers, predict, export) uses it unchanged; the resume point carries the
+EMA, so `resume=true` continues the same average.
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import torch
 import torch.nn as nn
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from common.core.files import load_checkpoint, save_checkpoint, write_csv_atomic, write_json_atomic
@@ -77,6 +87,15 @@ def append_log(log_path: Path, row: dict) -> None:
                      else pd.DataFrame([row]), log_path)
 
 
+def _sync_buffers(module: nn.Module) -> None:
+    """Under DDP: every process takes the main process's buffers (BatchNorm statistics). An EMA's
+    parameters agree across processes already, but each averages its own slice's batch statistics;
+    validation embeds a shard per process, so all must score one model."""
+    if distributed.world_size() > 1:
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
 def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Callable,
                evaluate: Callable[[nn.Module], dict], fold_dir: Path, log_path: Path,
                device: torch.device, monitor: str, mode: str = "max") -> FoldResult:
@@ -85,6 +104,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
     `loss_fn(model_output, labels) -> (loss, parts_dict)`. Resumes from fold_dir/last.pt when present.
     With several processes the model is wrapped in DistributedDataParallel; `evaluate` runs on every
     rank (embedding is sharded), its result is taken from the main rank, which alone writes files.
+    With `train.ema` it is given the EMA of the weights (module docstring), and best.pt holds the EMA.
     """
     t = cfg.train
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +123,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
     amp_dtype = autocast_dtype(device, bool(t.amp))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
-    start_epoch, best_score, best_epoch, history = 0, None, -1, []
+    start_epoch, best_score, best_epoch, history, state = 0, None, -1, [], None
     last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
     distributed.barrier()
     if last_path.exists():
@@ -116,25 +136,40 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         torch.set_rng_state(state["rng_cpu"].cpu())  # map_location moved it to the device
         print(f"fold {fold}: resuming after epoch {max(0, state['epoch'])} (best {monitor}={best_score})", flush=True)
     core = model  # the unwrapped model (DDP wraps `model` below): what checkpoints hold
+    ema, ema_updates = None, 0
+    if t.get("ema", False):
+        # of the unwrapped model, on its device; under DDP every process keeps its own copy, identical
+        # because the gradients are all-reduced (the BatchNorm statistics are synced before validation)
+        ema = ModelEmaV3(core, decay=float(t["ema_decay"]), use_warmup=True)
+        if state is not None:  # resumed
+            if "ema" in state:
+                ema.module.load_state_dict(state["ema"])
+                ema_updates = int(state["ema_updates"])
+            else:
+                print(f"warning: fold {fold}: the resume point has no EMA of the weights (saved with train.ema=false "
+                      "or by an older version); the EMA starts again from the current model", flush=True)
+    scored = ema.module if ema is not None else core  # what validation scores and best.pt stores
 
     def save_last(epoch: int) -> None:
         """The resume point: everything needed to continue after `epoch` (-1: after epoch 0's evaluation)."""
         if main:
+            extra = {"ema": ema.module.state_dict(), "ema_updates": ema_updates} if ema is not None else {}
             save_checkpoint({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
                              "scaler": scaler.state_dict(), "epoch": epoch, "best_score": best_score,
-                             "best_epoch": best_epoch, "history": history, "rng_cpu": torch.get_rng_state()}, last_path)
+                             "best_epoch": best_epoch, "history": history, "rng_cpu": torch.get_rng_state(),
+                             **extra}, last_path)
 
     if start_epoch == 0 and not history and t.eval_initial:
         # "epoch 0": the model before any training (ImageNet features, a pretext backbone, an init
         # checkpoint) is a candidate like any epoch, so fine-tuning can never leave a fold worse
-        metrics = {k: _plain(v) for k, v in distributed.broadcast(evaluate(model)).items()}
+        metrics = {k: _plain(v) for k, v in distributed.broadcast(evaluate(scored)).items()}
         best_score, best_epoch = metrics[monitor], 0
         row = {"fold": fold, "epoch": 0, **metrics, "lr": 0.0, "frozen": False, "train_seconds": 0.0, "seconds": 0.0}
         history.append(row)
         append_log(log_path, row)
         tracking.active().log_epoch(fold, row)
         if main:
-            save_checkpoint({"model": model.state_dict(), "epoch": 0, monitor: best_score}, best_path)
+            save_checkpoint({"model": scored.state_dict(), "epoch": 0, monitor: best_score}, best_path)
         save_last(-1)
         print(f"fold {fold} epoch 0 (before training)  "
               + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
@@ -175,6 +210,9 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step_update(epoch * updates_per_epoch + (step + 1) // accum)
+                if ema is not None:  # after each optimizer step (every accum_steps batches), not each batch
+                    ema_updates += 1
+                    ema.update(core, step=ema_updates)
             n = len(labels)
             seen += n
             for key, value in {"loss": loss.item(), **parts}.items():
@@ -182,7 +220,9 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
             bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
         sums, seen = distributed.sum_over_ranks(sums, seen)
         train_seconds = time.time() - started
-        metrics = {k: _plain(v) for k, v in distributed.broadcast(evaluate(core)).items()}
+        if ema is not None:
+            _sync_buffers(ema.module)
+        metrics = {k: _plain(v) for k, v in distributed.broadcast(evaluate(scored)).items()}
         row = {"fold": fold, "epoch": epoch + 1,
                **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
                **metrics, "lr": optimizer.param_groups[0]["lr"], "frozen": frozen,
@@ -191,7 +231,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         if better(score, best_score):
             best_score, best_epoch = score, epoch + 1
             if main:
-                save_checkpoint({"model": core.state_dict(), "epoch": epoch + 1, monitor: score}, best_path)
+                save_checkpoint({"model": scored.state_dict(), "epoch": epoch + 1, monitor: score}, best_path)
         history.append(row)
         append_log(log_path, row)
         tracking.active().log_epoch(fold, row)

@@ -122,6 +122,7 @@ def training_config(cfg):
     t.train.weight_decay = float(s.weight_decay if s.weight_decay is not None else cfg.train.weight_decay)
     t.train.freeze_epochs = 0
     t.train.eval_initial = False  # pretrain prints its own kNN check of the initial backbone
+    t.train.ema = False  # the kNN check scores the raw backbone; an EMA is a fine-tuning choice (train.ema)
     t.train.backbone_lr_mult = 1.0
     return t
 

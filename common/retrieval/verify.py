@@ -213,13 +213,14 @@ def count_inliers(a: LocalFeatures, b: LocalFeatures, method: str = "sift", rati
 
 
 def verify_shortlist(query_paths: Sequence[str | Path], gallery_paths: Sequence[str | Path],
-                     shortlist_ids: np.ndarray, cache: FeatureCache, progress: bool = True,
+                     shortlist_ids: np.ndarray, cache: FeatureCache, progress: bool = True, workers: int = 1,
                      **match_kwargs) -> np.ndarray:
     """Inlier counts int32 [n_query, K] of each query against its K shortlisted gallery images.
 
     `shortlist_ids[i, j]` indexes `gallery_paths` (the kNN shortlist of query i); -1 means no
     candidate and scores 0. The counts re-score the shortlist: same individual, many inliers.
     `match_kwargs` go to `count_inliers` (ratio, model, ransac_threshold, min_matches, mutual).
+    `workers` > 1 verifies queries in threads (OpenCV and BLAS release the GIL).
     """
     ids = np.asarray(shortlist_ids, dtype=np.int64)
     if ids.ndim != 2 or len(ids) != len(query_paths):
@@ -228,11 +229,17 @@ def verify_shortlist(query_paths: Sequence[str | Path], gallery_paths: Sequence[
         raise ValueError(f"shortlist_ids must be in [-1, {len(gallery_paths)}), got {ids.min()}..{ids.max()}")
     gallery = lru_cache(maxsize=512)(lambda j: cache.get(gallery_paths[j]))  # a gallery image recurs
     scores = np.zeros(ids.shape, np.int32)
-    for i in tqdm(range(len(ids)), desc="spatial verification", disable=not progress or not len(ids), leave=False):
+
+    def one(i: int) -> None:
         if (ids[i] < 0).all():
-            continue
+            return
         query = cache.get(query_paths[i])
         for j, g in enumerate(ids[i]):
             if g >= 0:
                 scores[i, j] = count_inliers(query, gallery(int(g)), cache.method, **match_kwargs)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for _ in tqdm(pool.map(one, range(len(ids))), total=len(ids), desc="spatial verification",
+                      disable=not progress or not len(ids), leave=False):
+            pass
     return scores

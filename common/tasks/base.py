@@ -30,6 +30,7 @@ class Task:
     fold_marker: ClassVar[str] = "oof.csv"    # written last by train_fold: its presence marks the fold finished
     default_sampler: ClassVar[str] = "random"  # `train.sampler=auto` means this (or pk for a pair loss)
     samplers: ClassVar[tuple[str, ...]] = ("random", "pk", "class_balanced")  # the ones that fit its labels
+    retrieval_postprocessing: ClassVar[bool] = False  # infer.dba / query_expansion / kreciprocal / verify apply
     fold_files: ClassVar[tuple[str, ...]] = ("best.pt",)  # what predict needs of each trained fold
     # config keys whose values name registry entries this task uses (checked before a run folder exists)
     registry_keys: ClassVar[tuple[str, ...]] = ("augment.train", "augment.valid", "train.sampler")
@@ -51,6 +52,12 @@ class Task:
         if cfg.train.sampler not in ("auto", *cls.samplers):
             raise ConfigError(f"train.sampler={cfg.train.sampler} does not fit the {cls.name} task; "
                               f"choose auto, {', '.join(cls.samplers)}")
+        if not cls.retrieval_postprocessing:
+            on = [f"infer.{k}" for k in ("dba", "query_expansion", "kreciprocal") if cfg.infer[k]]
+            on += ["infer.verify"] if cfg.infer.verify != "none" else []
+            if on:
+                raise ConfigError(f"{', '.join(on)}: the {cls.name} task does not use retrieval post-processing "
+                                  "(identification does: whales, happywhale)")
 
     def split(self) -> np.ndarray:
         """The fold of every training item (-1: always in training)."""

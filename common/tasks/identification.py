@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from common.core.errors import DataError
-from common.core.files import write_csv_atomic, write_text_atomic
+from common.core.files import write_csv_atomic, write_json_atomic, write_text_atomic
+from common.core.paths import cache_root
 from common.data.image_set import ImageSet
 from common.data.loaders import make_loader
 from common.engine import distributed
@@ -27,6 +28,7 @@ from common.metrics import plots
 from common.metrics.scores import map_at_k, roc_curve_pairs, verification_metrics
 from common.models.factory import build_model
 from common.retrieval.index import build_index, rank_classes, search
+from common.retrieval import postprocess
 from common.retrieval.new_class import insert_new_class, tune_threshold
 from common.tasks.base import TASKS, EmbeddingTask
 
@@ -51,6 +53,19 @@ def known(ranked) -> list[list[str]]:
     return [[label for label in row if label is not None] for row in ranked]
 
 
+def first_answer_rates(answers, ranked, truth, new_label: str, prefix: str = "") -> dict:
+    """What a user reads first: for the known animals, how often the first answer is right (with the
+    unknown class inserted, and the first known identity alone); for never-seen ones, how often the
+    first answer is the unknown class. NaN when the truth holds none of that kind."""
+    truth = np.asarray(truth, dtype=object)
+    first = np.array([a[0] if a else None for a in answers], dtype=object)
+    first_known = np.array([r[0] if r else None for r in ranked], dtype=object)
+    seen, new = truth != new_label, truth == new_label
+    rate = lambda hits, mask: float(hits[mask].mean()) if mask.any() else float("nan")  # noqa: E731
+    return {f"{prefix}top1_known": rate(first == truth, seen), f"{prefix}top1_known_closed": rate(first_known == truth, seen),
+            f"{prefix}new_first": rate(first == new_label, new)}
+
+
 def score_ranking(labels, scores, truth, new_label: str) -> dict:
     """MAP@5 with the threshold tuned here, and closed-set MAP@5 (never answering the unknown class)."""
     threshold, best, _, _ = tune_threshold(scores, labels, truth, new_label=new_label)
@@ -62,6 +77,7 @@ def score_ranking(labels, scores, truth, new_label: str) -> dict:
 class Identification(EmbeddingTask):
     name, metric = "identification", "map5"
     predict_overrides = ("infer.new_whale",)
+    retrieval_postprocessing = True
 
     def __init__(self, comp, cfg, root: Path, *, purpose: str):
         super().__init__(comp, cfg, root, purpose=purpose)
@@ -132,6 +148,7 @@ class Identification(EmbeddingTask):
         ranked, scores, best = rank_against_gallery(gallery, self.labels[train_rows], query, self.cfg.infer.neighbours,
                                                     with_ids=True)
         np.save(fold_dir / "val_embeddings.npy", query.astype(np.float16))
+        np.save(fold_dir / "gallery_embeddings.npy", gallery.astype(np.float16))  # post-processing is tuned on both
         names = self.train_df.image.to_numpy()
         frame = pd.DataFrame({"image": names[val_rows], "label": self.labels[val_rows],
                               "truth": truth, "fold": fold, "ranked": [" ".join(r) for r in known(ranked)],
@@ -141,9 +158,88 @@ class Identification(EmbeddingTask):
             frame[f"score{r + 1}"] = scores[:, r]
         write_csv_atomic(frame, fold_dir / self.fold_marker)
 
+    # --- post-processing (common/retrieval/postprocess.py), tuned on the out-of-fold answers ---------
+    def postprocessing_on(self) -> bool:
+        infer = self.cfg.infer
+        return any(bool(infer[name]) for name in postprocess.POSTPROCESSORS) or infer.verify != "none"
+
+    def feature_dir(self) -> Path:
+        return cache_root(self.cfg) / self.comp.name / "local_features"
+
+    def fold_answers(self, fold_dirs, folds) -> tuple[list[postprocess.FoldAnswers], list[tuple]]:
+        """Each fold's held-out queries and gallery as saved by the fold, and their (train, val) rows."""
+        paths = self.images.images.paths
+        out, rows = [], []
+        for d in fold_dirs:
+            fold = int(d.name[len("fold"):])
+            if not (d / "gallery_embeddings.npy").exists():
+                raise DataError(f"{d}: no gallery_embeddings.npy (a fold finished before post-processing existed); "
+                                "train a new run to tune infer.dba / query_expansion / kreciprocal / verify")
+            train_rows = np.flatnonzero((folds != fold) & (self.labels != self.new_label))
+            val_rows = np.flatnonzero(folds == fold)
+            truth = pd.read_csv(d / "oof.csv", keep_default_na=False).truth.astype(str).tolist()
+            out.append(postprocess.FoldAnswers(
+                np.load(d / "val_embeddings.npy").astype(np.float32), np.load(d / "gallery_embeddings.npy").astype(np.float32),
+                self.labels[train_rows], truth, [paths[i] for i in val_rows], [paths[i] for i in train_rows]))
+            rows.append((train_rows, val_rows))
+        return out, rows
+
+    def postprocessed_oof(self, fold_dirs, folds, run: Path) -> tuple[pd.DataFrame, dict]:
+        """The OOF answers again, after the post-processing chosen on them (saved as postprocess.json)."""
+        cfg, new_label, depth = self.cfg, self.new_label, int(self.cfg.infer.neighbours)
+        answers, rows = self.fold_answers(fold_dirs, folds)
+        test_items = int((self.labels != new_label).sum()) + (len(self.test) if self.test is not None else 0)
+        steps, tried = postprocess.tune_steps(answers, cfg.infer, new_label, depth, test_items)
+        lists = [postprocess.shortlist(a.query, a.gallery, depth, steps) for a in answers]
+        extra = {"oof_map5_plain": tried[0]["oof_map5"]}
+        chosen = {"steps": [[name, params] for name, params in steps], "fusion": None, "tried": tried}
+        if cfg.infer.verify != "none":
+            inliers = [postprocess.verify(cfg, self.feature_dir(), a.query_paths, a.gallery_paths, ids,
+                                          f"fold answers {i + 1}/{len(answers)}") for i, (a, (_, ids)) in enumerate(zip(answers, lists))]
+            k = min(int(cfg.infer.verify_k), depth)
+            same = np.concatenate([postprocess.same_identity(ids[:, :k], a.gallery_labels, a.truth)
+                                   for a, (_, ids) in zip(answers, lists)])
+            fusion = postprocess.Fusion.fit(np.concatenate([s[:, :k] for s, _ in lists]),
+                                            np.concatenate([n[:, :k] for n in inliers]), same)
+            extra["oof_map5_unfused"] = postprocess.score(answers, lists, new_label)
+            lists = [(fusion(s, n), ids) for (s, ids), n in zip(lists, inliers)]
+            chosen["fusion"] = fusion.to_dict()
+            print(f"fusion on OOF pairs ({same.size} pairs, {int(same.sum())} same): {fusion!r}", flush=True)
+        write_json_atomic(run / "postprocess.json", chosen)
+        names = self.train_df.image.to_numpy()
+        frames = []
+        for a, (sims, ids), (train_rows, val_rows), d in zip(answers, lists, rows, fold_dirs):
+            ranked, scores, best = rank_classes(sims, ids, a.gallery_labels, top=5, with_ids=True)
+            frame = pd.DataFrame({"image": names[val_rows], "label": self.labels[val_rows], "truth": a.truth,
+                                  "fold": int(d.name[len("fold"):]), "ranked": [" ".join(r) for r in known(ranked)],
+                                  "neighbours": [" ".join(names[train_rows[i]] for i in row if i >= 0) for row in best]})
+            for r in range(scores.shape[1]):
+                frame[f"score{r + 1}"] = scores[:, r]
+            frames.append(frame)
+        extra["postprocess"] = postprocess.describe(steps) + (f"; {cfg.infer.verify} fusion" if chosen["fusion"] else "")
+        return pd.concat(frames, ignore_index=True), extra
+
+    def postprocessed_test(self, gallery, gallery_rows, query, run: Path):
+        """The test shortlist with the post-processing saved at training time (postprocess.json)."""
+        cfg, depth = self.cfg, int(self.cfg.infer.neighbours)
+        saved = run / "postprocess.json"
+        chosen = json.loads(saved.read_text()) if saved.exists() else {"steps": [], "fusion": None}
+        steps = [(name, dict(params)) for name, params in chosen["steps"]]
+        sims, ids = postprocess.shortlist(query, gallery, depth, steps)
+        if chosen.get("fusion"):
+            paths = self.images.images.paths
+            inliers = postprocess.verify(cfg, self.feature_dir(), [paths[i] for i in self.images.rows["test"]],
+                                         [paths[i] for i in gallery_rows], ids, "test")
+            sims = postprocess.Fusion(**chosen["fusion"])(sims, inliers)
+        return sims, ids
+
     def tune(self, fold_dirs, folds, run: Path) -> dict:
         new_label = self.new_label
-        oof = pd.concat([pd.read_csv(d / "oof.csv", keep_default_na=False) for d in fold_dirs], ignore_index=True)
+        extra = {}
+        if self.postprocessing_on():
+            oof, extra = self.postprocessed_oof(fold_dirs, folds, run)
+        else:
+            oof = pd.concat([pd.read_csv(d / "oof.csv", keep_default_na=False) for d in fold_dirs], ignore_index=True)
         ranked = [r.split(" ") if r else [] for r in oof.ranked.astype(str)]
         scores = oof[[c for c in oof.columns if c.startswith("score")]].to_numpy(dtype=np.float64)
         truth = oof.truth.tolist()
@@ -160,6 +256,7 @@ class Identification(EmbeddingTask):
             "oof_baseline_map5": trivial_baseline(baseline_labels, truth, new_label),
             "oof_images": len(truth),
             "oof_new_share": float(np.mean(np.asarray(truth) == new_label)),
+            **extra,
         }
         embeddings = np.concatenate([np.load(d / "val_embeddings.npy") for d in fold_dirs]).astype(np.float32)
         labels = oof.label.to_numpy(dtype=object)
@@ -188,7 +285,10 @@ class Identification(EmbeddingTask):
         cfg, new_label = self.cfg, self.new_label
         gallery_rows = np.flatnonzero(self.labels != new_label)
         gallery, query = self.fold_embeddings(fold_dirs, [(gallery_rows, "gallery"), (self.images.rows["test"], "test")])
-        ranked, scores = rank_against_gallery(gallery, self.labels[gallery_rows], query, cfg.infer.neighbours)
+        if not distributed.is_main():
+            return []  # only the main process writes the submission; post-processing runs once
+        sims, ids = self.postprocessed_test(gallery, gallery_rows, query, run)
+        ranked, scores = rank_classes(sims, ids, self.labels[gallery_rows].astype(object), top=5)
         self.test_ranking = (known(ranked), scores)
         if cfg.infer.new_whale:
             return known(insert_new_class(ranked, scores, metrics["threshold"], new_label=new_label))
@@ -211,11 +311,18 @@ class Identification(EmbeddingTask):
             return {}
         truth = self.test_truth().tolist()
         return {"test_map5": map_at_k(answers, truth),
-                "test_baseline_map5": trivial_baseline(self.labels, truth, self.new_label)}
+                "test_baseline_map5": trivial_baseline(self.labels, truth, self.new_label),
+                **first_answer_rates(answers, self.test_ranking[0], truth, self.new_label, "test_")}
 
     def summary(self, metrics: dict) -> str:
         line = (f"OOF MAP@5 {metrics['oof_map5']:.4f} at {self.new_label} threshold {metrics['threshold']:.3f} "
                 f"(closed-set {metrics['oof_map5_closed']:.4f}, trivial baseline {metrics['oof_baseline_map5']:.4f})")
+        if "oof_map5_plain" in metrics:
+            line += (f"\npost-processing: {metrics['postprocess']} (OOF MAP@5 {metrics['oof_map5_plain']:.4f} without"
+                     + (f", {metrics['oof_map5_unfused']:.4f} before fusion" if "oof_map5_unfused" in metrics else "") + ")")
         if "test_map5" in metrics:
             line += f"\ntest MAP@5 {metrics['test_map5']:.4f} (trivial baseline {metrics['test_baseline_map5']:.4f})"
+            line += (f"; known animals: first answer right {metrics['test_top1_known']:.1%} "
+                     f"(first known identity right {metrics['test_top1_known_closed']:.1%}); "
+                     f"never-seen answered {self.new_label} first {metrics['test_new_first']:.1%}")
         return line

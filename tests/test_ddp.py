@@ -27,7 +27,8 @@ def _happywhale(root: Path) -> Path:
 def _landmarks(root: Path) -> Path:
     from competitions.landmarks.demo import write_demo
 
-    return write_demo(root, n_landmarks=8, n_train=40, n_test=16, n_distractors=12, image_size=32, progress=False)
+    # 48 test images: GAP over 16 moved by 0.24 between two correct runs on one machine (and not on another)
+    return write_demo(root, n_landmarks=8, n_train=40, n_test=48, n_distractors=12, image_size=32, progress=False)
 
 
 def _deepfake(root: Path) -> Path:

@@ -94,7 +94,7 @@ def _check_sizes(cfg) -> None:
     _choice(cfg, "data.resize", ("stretch", "pad"))
     _choice(cfg, "data.normalize", ("imagenet", "auto"))
     _choice(cfg, "infer.verify", ("none", "sift", "orb", "akaze"))
-    for key in ("train.ema", "infer.dba", "infer.query_expansion", "infer.kreciprocal"):
+    for key in ("train.ema", "train.full_fit", "infer.dba", "infer.query_expansion", "infer.kreciprocal"):
         _choice(cfg, key, (True, False))
     decay = _value(cfg, "train.ema_decay")
     if decay is not _MISSING and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1):

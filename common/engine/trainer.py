@@ -105,8 +105,12 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
     With several processes the model is wrapped in DistributedDataParallel; `evaluate` runs on every
     rank (embedding is sharded), its result is taken from the main rank, which alone writes files.
     With `train.ema` it is given the EMA of the weights (module docstring), and best.pt holds the EMA.
+    `evaluate=None` (a full fit on every training image, `fold=-1`: nothing is held out) trains the
+    epochs without validation, and best.pt is the last epoch.
     """
     t = cfg.train
+    name = "full fit" if fold < 0 else f"fold {fold}"
+    validate = evaluate is not None
     fold_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
     main = distributed.is_main()
@@ -134,7 +138,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         start_epoch, best_score, best_epoch, history = (state["epoch"] + 1, state["best_score"],
                                                          state["best_epoch"], state["history"])
         torch.set_rng_state(state["rng_cpu"].cpu())  # map_location moved it to the device
-        print(f"fold {fold}: resuming after epoch {max(0, state['epoch'])} (best {monitor}={best_score})", flush=True)
+        print(f"{name}: resuming after epoch {max(0, state['epoch'])} (best {monitor}={best_score})", flush=True)
     core = model  # the unwrapped model (DDP wraps `model` below): what checkpoints hold
     ema, ema_updates = None, 0
     if t.get("ema", False):
@@ -146,7 +150,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
                 ema.module.load_state_dict(state["ema"])
                 ema_updates = int(state["ema_updates"])
             else:
-                print(f"warning: fold {fold}: the resume point has no EMA of the weights (saved with train.ema=false "
+                print(f"warning: {name}: the resume point has no EMA of the weights (saved with train.ema=false "
                       "or by an older version); the EMA starts again from the current model", flush=True)
     scored = ema.module if ema is not None else core  # what validation scores and best.pt stores
 
@@ -159,7 +163,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
                              "best_epoch": best_epoch, "history": history, "rng_cpu": torch.get_rng_state(),
                              **extra}, last_path)
 
-    if start_epoch == 0 and not history and t.eval_initial:
+    if start_epoch == 0 and not history and t.eval_initial and validate:
         # "epoch 0": the model before any training (ImageNet features, a pretext backbone, an init
         # checkpoint) is a candidate like any epoch, so fine-tuning can never leave a fold worse
         metrics = {k: _plain(v) for k, v in distributed.broadcast(evaluate(scored)).items()}
@@ -171,7 +175,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         if main:
             save_checkpoint({"model": scored.state_dict(), "epoch": 0, monitor: best_score}, best_path)
         save_last(-1)
-        print(f"fold {fold} epoch 0 (before training)  "
+        print(f"{name} epoch 0 (before training)  "
               + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
         distributed.barrier()
 
@@ -192,7 +196,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         sums: dict[str, float] = {}
         seen = 0
         optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(train_loader, desc=f"fold {fold} epoch {epoch + 1}/{t.epochs}", leave=False,
+        bar = tqdm(train_loader, desc=f"{name} epoch {epoch + 1}/{t.epochs}", leave=False,
                    disable=not cfg["progress"] or not main)
         for step, (images, labels) in enumerate(bar):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -200,7 +204,7 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
                 output = model(images, labels)
             loss, parts = loss_fn(output, labels)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"fold {fold} epoch {epoch + 1}: loss is {loss.item()} (lower train.lr?)")
+                raise FloatingPointError(f"{name} epoch {epoch + 1}: loss is {loss.item()} (lower train.lr?)")
             scaler.scale(loss / accum).backward()
             if (step + 1) % accum == 0 or step + 1 == len(train_loader):
                 if t.get("clip_grad"):
@@ -222,12 +226,12 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         train_seconds = time.time() - started
         if ema is not None:
             _sync_buffers(ema.module)
-        metrics = {k: _plain(v) for k, v in distributed.broadcast(evaluate(scored)).items()}
+        metrics = {k: _plain(v) for k, v in distributed.broadcast(evaluate(scored)).items()} if validate else {}
         row = {"fold": fold, "epoch": epoch + 1,
                **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
                **metrics, "lr": optimizer.param_groups[0]["lr"], "frozen": frozen,
                "train_seconds": round(train_seconds, 2), "seconds": round(time.time() - started, 2)}
-        score = metrics[monitor]
+        score = metrics[monitor] if validate else float(epoch + 1)  # no validation: the latest epoch is kept
         if better(score, best_score):
             best_score, best_epoch = score, epoch + 1
             if main:
@@ -235,13 +239,13 @@ def train_fold(cfg, *, fold: int, model: nn.Module, train_loader, loss_fn: Calla
         history.append(row)
         append_log(log_path, row)
         tracking.active().log_epoch(fold, row)
-        print(f"fold {fold} epoch {epoch + 1}/{t.epochs}  loss {row['train_loss']:.4f}  "
+        print(f"{name} epoch {epoch + 1}/{t.epochs}  loss {row['train_loss']:.4f}  "
               + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
               + f"  lr {row['lr']:.2e}  {row['seconds']:.0f}s", flush=True)
         save_last(epoch)
         distributed.barrier()
     if best_epoch == 0 and t.epochs > 0:
-        print(f"warning: fold {fold}: no epoch beat the model before training ({monitor} {best_score:.4f}); best.pt "
+        print(f"warning: {name}: no epoch beat the model before training ({monitor} {best_score:.4f}); best.pt "
               "keeps the initial weights (a lower train.lr, more epochs, or train.freeze_epochs may help)", flush=True)
     result = FoldResult(fold, best_epoch, float(best_score), history)
     if main:

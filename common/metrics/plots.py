@@ -27,7 +27,7 @@ def training_curves(log_csv: Path, path: Path) -> None:
     fig, axes = plt.subplots(1, len(columns) + 1, figsize=(4 * (len(columns) + 1), 3.2))
     for ax, column in zip(axes, columns + ["lr"]):
         for fold, rows in log.groupby("fold"):
-            ax.plot(rows.epoch, rows[column], marker="o", label=f"fold {fold}")
+            ax.plot(rows.epoch, rows[column], marker="o", label="full fit" if fold == -1 else f"fold {fold}")
         ax.set_title(column)
         ax.set_xlabel("epoch")
     axes[0].legend()

@@ -31,6 +31,7 @@ class Task:
     default_sampler: ClassVar[str] = "random"  # `train.sampler=auto` means this (or pk for a pair loss)
     samplers: ClassVar[tuple[str, ...]] = ("random", "pk", "class_balanced")  # the ones that fit its labels
     retrieval_postprocessing: ClassVar[bool] = False  # infer.dba / query_expansion / kreciprocal / verify apply
+    full_fit: ClassVar[bool] = False  # train.full_fit: train_full after the folds
     fold_files: ClassVar[tuple[str, ...]] = ("best.pt",)  # what predict needs of each trained fold
     # config keys whose values name registry entries this task uses (checked before a run folder exists)
     registry_keys: ClassVar[tuple[str, ...]] = ("augment.train", "augment.valid", "train.sampler")
@@ -52,12 +53,18 @@ class Task:
         if cfg.train.sampler not in ("auto", *cls.samplers):
             raise ConfigError(f"train.sampler={cfg.train.sampler} does not fit the {cls.name} task; "
                               f"choose auto, {', '.join(cls.samplers)}")
+        if cfg.train.full_fit and not cls.full_fit:
+            raise ConfigError(f"train.full_fit=true: not built for the {cls.name} task yet (identification has it)")
         if not cls.retrieval_postprocessing:
             on = [f"infer.{k}" for k in ("dba", "query_expansion", "kreciprocal") if cfg.infer[k]]
             on += ["infer.verify"] if cfg.infer.verify != "none" else []
             if on:
                 raise ConfigError(f"{', '.join(on)}: the {cls.name} task does not use retrieval post-processing "
                                   "(identification does: whales, happywhale)")
+
+    def train_full(self, fold_dirs, run: Path) -> None:
+        """`train.full_fit`: a final model on all training data after the folds (tasks with `full_fit`)."""
+        raise NotImplementedError
 
     def split(self) -> np.ndarray:
         """The fold of every training item (-1: always in training)."""

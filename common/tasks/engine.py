@@ -71,6 +71,9 @@ def train(comp, cfg) -> Path:
         distributed.barrier()
         fold_dirs.append(fold_dir)
 
+    if cfg.train.full_fit:
+        task.train_full(fold_dirs, run)
+        distributed.barrier()
     metrics = distributed.on_main(task.tune, fold_dirs, folds, run)
     metrics.update(train_minutes=round((time.time() - started) / 60, 2), data_root=str(root),
                    processes=distributed.world_size())

@@ -9,6 +9,7 @@ the fold models' embeddings are concatenated (cosine of the concatenation = mean
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -78,6 +79,7 @@ class Identification(EmbeddingTask):
     name, metric = "identification", "map5"
     predict_overrides = ("infer.new_whale",)
     retrieval_postprocessing = True
+    full_fit = True
 
     def __init__(self, comp, cfg, root: Path, *, purpose: str):
         super().__init__(comp, cfg, root, purpose=purpose)
@@ -113,15 +115,11 @@ class Identification(EmbeddingTask):
         return (f"{len(self.labels)} train images, {len(set(self.labels) - {self.new_label})} identities, "
                 f"{len(self.test)} test images")
 
-    def train_fold(self, fold: int, folds: np.ndarray, fold_dir: Path, log_path: Path) -> None:
-        cfg, new_label, labels = self.cfg, self.new_label, self.labels
-        train_rows = np.flatnonzero((folds != fold) & (labels != new_label))
-        val_rows = np.flatnonzero(folds == fold)
-        assert_disjoint(train_rows, val_rows)
-        classes = sorted(set(labels[train_rows]))
+    def _fit_setup(self, cfg, fold: int, train_rows, fold_dir: Path):
+        """The model and loader of one fit on `train_rows` (classes.json written beside its checkpoints)."""
+        classes = sorted(set(self.labels[train_rows]))
         class_index = {c: i for i, c in enumerate(classes)}
-        y = np.array([class_index[c] for c in labels[train_rows]])
-        truth = open_set_truth(labels[val_rows], labels[train_rows], new_label)
+        y = np.array([class_index[c] for c in self.labels[train_rows]])
         fold_dir.mkdir(parents=True, exist_ok=True)
         if distributed.is_main():
             write_text_atomic(fold_dir / "classes.json", json.dumps(classes))
@@ -129,6 +127,15 @@ class Identification(EmbeddingTask):
         model = build_model(cfg, len(classes), class_counts=np.bincount(y, minlength=len(classes)).tolist())
         loader = make_loader(cfg, self.images.dataset(train_rows, y, train=True), y, seed=cfg.seed + fold,
                              default=self.default_sampler)
+        return model, loader
+
+    def train_fold(self, fold: int, folds: np.ndarray, fold_dir: Path, log_path: Path) -> None:
+        cfg, new_label, labels = self.cfg, self.new_label, self.labels
+        train_rows = np.flatnonzero((folds != fold) & (labels != new_label))
+        val_rows = np.flatnonzero(folds == fold)
+        assert_disjoint(train_rows, val_rows)
+        truth = open_set_truth(labels[val_rows], labels[train_rows], new_label)
+        model, loader = self._fit_setup(cfg, fold, train_rows, fold_dir)
 
         def evaluate(m) -> dict:
             tta = bool(cfg.train.eval_tta)
@@ -157,6 +164,33 @@ class Identification(EmbeddingTask):
         for r in range(scores.shape[1]):
             frame[f"score{r + 1}"] = scores[:, r]
         write_csv_atomic(frame, fold_dir / self.fold_marker)
+
+    def train_full(self, fold_dirs, run: Path) -> None:
+        """`train.full_fit`: one more model on every known training image, for the folds' mean best epoch
+        (nothing is held out, so nothing validates it); the test set is then answered with it alone,
+        with the threshold and post-processing tuned on the folds' OOF answers."""
+        best = [json.loads((d / "done.json").read_text())["best_epoch"] for d in fold_dirs]
+        epochs, full_dir = int(round(float(np.mean(best)))), run / "full"
+        if epochs == 0:
+            print(f"full fit skipped: the folds' best epochs {best} average to 0 (the model before training); "
+                  "the fold models answer the test set", flush=True)
+            return
+        if (full_dir / "done.json").exists():
+            print("full fit: finished earlier", flush=True)
+            return
+        cfg = copy.deepcopy(self.cfg)
+        cfg.train.epochs = epochs
+        print(f"full fit: {epochs} epoch(s) (the folds' best: {best}) on all known training images", flush=True)
+        rows = np.flatnonzero(self.labels != self.new_label)
+        model, loader = self._fit_setup(cfg, -1, rows, full_dir)
+        train_fold(cfg, fold=-1, model=model, train_loader=loader, loss_fn=build_objective(cfg), evaluate=None,
+                   fold_dir=full_dir, log_path=run / "log.csv", device=self.device, monitor="epoch")
+
+    @staticmethod
+    def answering_dirs(fold_dirs, run: Path) -> list[Path]:
+        """The models that answer the test set: the full fit when there is one, else every fold."""
+        full = Path(run) / "full"
+        return [full] if (full / "done.json").exists() else list(fold_dirs)
 
     # --- post-processing (common/retrieval/postprocess.py), tuned on the out-of-fold answers ---------
     def postprocessing_on(self) -> bool:
@@ -284,7 +318,8 @@ class Identification(EmbeddingTask):
         """Rank the test images against all known train images with every fold model (ensembled)."""
         cfg, new_label = self.cfg, self.new_label
         gallery_rows = np.flatnonzero(self.labels != new_label)
-        gallery, query = self.fold_embeddings(fold_dirs, [(gallery_rows, "gallery"), (self.images.rows["test"], "test")])
+        gallery, query = self.fold_embeddings(self.answering_dirs(fold_dirs, run),
+                                              [(gallery_rows, "gallery"), (self.images.rows["test"], "test")])
         if not distributed.is_main():
             return []  # only the main process writes the submission; post-processing runs once
         sims, ids = self.postprocessed_test(gallery, gallery_rows, query, run)
@@ -304,7 +339,7 @@ class Identification(EmbeddingTask):
         return frame
 
     def embed_test(self, fold_dirs, run: Path) -> np.ndarray:
-        return self.fold_embeddings(fold_dirs, [(self.images.rows["test"], "images")])[0]
+        return self.fold_embeddings(self.answering_dirs(fold_dirs, run), [(self.images.rows["test"], "images")])[0]
 
     def score_test(self, answers, metrics: dict) -> dict:
         if self.truth is None:

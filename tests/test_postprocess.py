@@ -114,3 +114,7 @@ def test_smoke_run_tunes_post_processing_and_predict_applies_it(whale_demo, tmp_
     out = tmp_path / "again.csv"
     assert main(whales.COMPETITION, ["predict", *args, "run.name=pp", f"out={out}"]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(run / "submission.csv"))
+    assert main(whales.COMPETITION, ["export", *args, "run.name=pp"]) == 0
+    spec = json.loads((run / "export" / "preprocessing.json").read_text())
+    assert spec["retrieval_postprocessing"]["verification"] == "orb"
+    assert spec["retrieval_postprocessing"]["steps"] == chosen["steps"]

@@ -108,6 +108,11 @@ def export_command(comp, cfg) -> Path:
     calibration = run / "calibration.json"
     if calibration.exists():
         spec["postprocessing"] = json.loads(calibration.read_text())
+    postprocess = run / "postprocess.json"
+    if postprocess.exists():  # identification: what the run applies after the embeddings (not in the ONNX files)
+        chosen = json.loads(postprocess.read_text())
+        spec["retrieval_postprocessing"] = {"steps": chosen["steps"], "verification_fusion": chosen["fusion"],
+                                            "verification": saved.infer.verify}
     write_json_atomic(out / "preprocessing.json", spec)
     print(f"{len(models)} ONNX model(s) and preprocessing.json in {out}", flush=True)
     return out

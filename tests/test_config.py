@@ -48,3 +48,14 @@ def test_resolved_config_round_trips(tmp_path):
     again = read_saved_config(tmp_path / "config.yaml")
     assert again == cfg
     assert "presets" not in yaml.safe_load((tmp_path / "config.yaml").read_text())
+
+
+def test_a_run_saved_before_a_key_existed_gets_its_default_and_keeps_its_own_values():
+    from common.core.config import Config, fill_missing
+
+    saved = Config({"train": {"epochs": 3}, "infer": {"neighbours": 7}})
+    current = Config({"train": {"epochs": 10, "full_fit": False}, "infer": {"neighbours": 100, "verify": "none"},
+                      "tracking": "none"})
+    assert sorted(fill_missing(saved, current)) == ["infer.verify", "tracking", "train.full_fit"]
+    assert saved.train.epochs == 3 and saved.infer.neighbours == 7 and saved.train.full_fit is False
+    assert fill_missing(saved, current) == []

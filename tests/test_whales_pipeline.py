@@ -255,3 +255,20 @@ def test_dynamic_margin_head_trains_and_predicts(whale_demo, tmp_path):
                    f"data.cache_dir={tmp_path / 'cache'}")
     assert code == 0
     assert (tmp_path / "whales" / "dyn" / "submission.csv").is_file()
+
+
+def test_a_run_saved_before_newer_keys_still_predicts_the_same(smoke_run, tmp_path, capsys):
+    import yaml
+
+    runs, run = smoke_run
+    old = tmp_path / "whales" / "old"
+    shutil.copytree(run, old)
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    for section, key in (("train", "full_fit"), ("train", "ema"), ("infer", "verify"), ("data", "resize")):
+        del saved[section][key]
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    out = tmp_path / "pred.csv"
+    assert run_cli("predict", f"run.root={tmp_path}", "run.name=old", f"out={out}", "progress=false",
+                   f"data.cache_dir={runs / 'cache'}") == 0
+    assert "saved before 4 key(s) existed" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(run / "submission.csv"))

@@ -174,6 +174,22 @@ def save_config(cfg: Config, path: str | Path) -> None:
     write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+def fill_missing(target: Config, source: Mapping, prefix: str = "") -> list[str]:
+    """Add to `target`, in place, every key of `source` it lacks; returns the dotted keys added.
+
+    Why: a run saved before a key existed must still predict, export and report. Every new key's
+    default is the behaviour from before it (no padding, no EMA, no post-processing, ...), so filling
+    the gaps from today's defaults reproduces what the run did; keys the run saved are never touched."""
+    added = []
+    for key, value in source.items():
+        if key not in target:
+            target[key] = copy.deepcopy(value)
+            added.append(prefix + key)
+        elif isinstance(value, Mapping) and isinstance(target[key], Mapping):
+            added += fill_missing(target[key], value, f"{prefix}{key}.")
+    return added
+
+
 def read_saved_config(path: str | Path) -> Config:
     with open(path) as f:
         return Config(yaml.safe_load(f))

@@ -108,7 +108,7 @@ def run_config(comp, cfg):
     """The config a `train` (or `pretrain`) runs with: with `resume=true` and an existing run, its saved
     config, where the command line may change only RESUMABLE_KEYS; another changed value is refused
     with the differences listed (resuming would silently keep the saved one)."""
-    from common.core.config import lookup, read_saved_config
+    from common.core.config import fill_missing, lookup, read_saved_config
 
     if not (cfg.get("resume") and cfg.run.get("name")):
         return cfg
@@ -116,6 +116,7 @@ def run_config(comp, cfg):
     if not saved_path.exists():
         return cfg
     saved = read_saved_config(saved_path)
+    fill_missing(saved, cfg)  # keys added since the run started: their defaults are the behaviour from before
     differ = [key for key in cfg.command_line_keys if lookup(saved, key) != lookup(cfg, key)]
     refused = [key for key in differ if key not in RESUMABLE_KEYS]
     if refused:

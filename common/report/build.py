@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.core.config import read_saved_config
+from common.core.config import fill_missing, read_saved_config
 from common.core.errors import DataError
 from common.core.files import write_text_atomic
 from common.core.paths import run_dir
@@ -149,6 +149,7 @@ def report_command(comp, cfg) -> Path:
     if not (run / "metrics.json").exists():
         raise DataError(f"{run / 'metrics.json'}: missing (run '{run.name}' did not finish)")
     saved = read_saved_config(run / "config.yaml")
+    fill_missing(saved, cfg)  # a run saved before some keys existed
     if cfg.data.get("root"):
         saved.data.root = cfg.data.root
     saved.report = cfg.report

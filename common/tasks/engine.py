@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.core.config import read_saved_config, save_config
+from common.core.config import fill_missing, read_saved_config, save_config
 from common.core.errors import ConfigError, DataError
 from common.core.files import write_csv_atomic, write_json_atomic, write_npz_atomic
 from common.core.paths import create_run, resolve_data_root, run_config, run_dir
@@ -115,6 +115,10 @@ def predict_config(cls, cfg, run: Path):
             f"refused: {', '.join(refused + (['preset'] if 'preset' in given else []))}. "
             f"predict may set only {', '.join(sorted(allowed))}")
     saved = read_saved_config(run / "config.yaml")
+    added = fill_missing(saved, cfg)
+    if added:
+        print(f"run '{run.name}' was saved before {len(added)} key(s) existed; their defaults (the behaviour "
+              f"from before them) apply: {', '.join(added[:6])}{' ...' if len(added) > 6 else ''}", flush=True)
     for key in given:
         saved.set_path(key, cfg.get_path(key))
     saved.data.cache_dir = cfg.data.cache_dir  # where, not what: never the training machine's folder

@@ -32,6 +32,7 @@ class Task:
     samplers: ClassVar[tuple[str, ...]] = ("random", "pk", "class_balanced")  # the ones that fit its labels
     retrieval_postprocessing: ClassVar[bool] = False  # infer.dba / query_expansion / kreciprocal / verify apply
     full_fit: ClassVar[bool] = False  # train.full_fit: train_full after the folds
+    ensembles: ClassVar[bool] = False  # predict run.name=a,b,c: ensemble(members, out)
     fold_files: ClassVar[tuple[str, ...]] = ("best.pt",)  # what predict needs of each trained fold
     # config keys whose values name registry entries this task uses (checked before a run folder exists)
     registry_keys: ClassVar[tuple[str, ...]] = ("augment.train", "augment.valid", "train.sampler")

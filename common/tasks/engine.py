@@ -13,6 +13,8 @@ predict: a finished run on (possibly other) data. Its rule, written once: the ru
 """
 from __future__ import annotations
 
+import copy
+
 import json
 import time
 import traceback
@@ -173,6 +175,8 @@ def output_path(saved, run: Path, folder: str, stem: str, suffix: str) -> Path:
 def predict(comp, cfg) -> Path:
     """`predict run.name=NAME [data.root=DIR] [out=FILE] [switches]`: a finished run on a test set;
     with `images=DIR_OR_FILE`, on any folder or file instead (one row per file, no Kaggle layout)."""
+    if "," in str(cfg.run.get("name") or ""):
+        return predict_ensemble(comp, cfg)
     if cfg.get("images"):
         return predict_files(comp, cfg)
     check_out(cfg, ".csv")
@@ -186,6 +190,52 @@ def predict(comp, cfg) -> Path:
     if found:
         print(f"against the truth in {task.root}: " + ", ".join(f"{k} {v:.4f}" for k, v in found.items()))
     print(f"submission: {submission}", flush=True)
+    return submission
+
+
+def predict_ensemble(comp, cfg) -> Path:
+    """`predict run.name=a,b,c [data.root=DIR] [out=FILE]`: several finished runs as one ensemble.
+
+    The runs must share one split (identical folds.csv, the same folds trained), so that every
+    out-of-fold image is answered only by models that never saw it and the joint OOF answers can
+    tune the ensemble's threshold honestly. The tuning is kept in `outputs/<competition>/a+b+c/`
+    (made once; a later call on other data reuses it), with the submission beside it."""
+    cls = task_class(comp)
+    names = [n.strip() for n in str(cfg.run.name).split(",") if n.strip()]
+    if not cls.ensembles:
+        raise ConfigError(f"run.name={cfg.run.name}: ensembles of runs are not built for the {cls.name} task yet")
+    if len(set(names)) != len(names) or len(names) < 2:
+        raise ConfigError(f"run.name={cfg.run.name}: two or more different finished runs, separated by commas")
+    if cfg.get("images"):
+        raise ConfigError("images= with an ensemble of runs is not built yet: predict the runs one by one")
+    check_out(cfg, ".csv")
+    members, saved = [], None
+    for name in names:
+        one = copy.deepcopy(cfg)
+        one.run.name = name
+        one.__dict__["_command_line_keys"] = cfg.command_line_keys  # what predict may override, per member
+        task, member_saved, run, _, fold_dirs = open_finished_run(comp, one)
+        saved = saved or member_saved
+        members.append((task, run, fold_dirs))
+    first = members[0]
+    for task, run, fold_dirs in members[1:]:
+        if (run / "folds.csv").read_bytes() != (first[1] / "folds.csv").read_bytes():
+            raise ConfigError(f"runs '{first[1].name}' and '{run.name}' were trained on different splits "
+                              f"(their folds.csv differ): an ensemble's OOF answers would leak; train them with "
+                              "the same data, seed and train.folds")
+        if [d.name for d in fold_dirs] != [d.name for d in first[2]]:
+            raise ConfigError(f"runs '{first[1].name}' and '{run.name}' trained different folds "
+                              f"({[d.name for d in first[2]]} vs {[d.name for d in fold_dirs]})")
+    out_dir = first[1].parent / "+".join(names)
+    out_dir.mkdir(exist_ok=True)
+    answers, metrics = first[0].ensemble(members, out_dir)
+    target = out_dir / "submission.csv"
+    out = Path(saved.out) if saved.get("out") else (target if not target.exists() else
+                                                     output_path(saved, out_dir, "predictions", "submission", ".csv"))
+    submission = comp.write_submission(first[0].test_ids(), answers, out, first[0].root)
+    found = {k: v for k, v in first[0].score_test(answers, metrics).items() if isinstance(v, float)}
+    print("\n" + first[0].summary({**metrics, **found}))
+    print(f"ensemble of {len(members)} runs: {out_dir}\nsubmission: {submission}", flush=True)
     return submission
 
 

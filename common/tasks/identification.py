@@ -10,6 +10,7 @@ the fold models' embeddings are concatenated (cosine of the concatenation = mean
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -80,6 +81,7 @@ class Identification(EmbeddingTask):
     predict_overrides = ("infer.new_whale",)
     retrieval_postprocessing = True
     full_fit = True
+    ensembles = True
 
     def __init__(self, comp, cfg, root: Path, *, purpose: str):
         super().__init__(comp, cfg, root, purpose=purpose)
@@ -218,10 +220,9 @@ class Identification(EmbeddingTask):
             rows.append((train_rows, val_rows))
         return out, rows
 
-    def postprocessed_oof(self, fold_dirs, folds, run: Path) -> tuple[pd.DataFrame, dict]:
+    def postprocessed_oof(self, answers, rows, fold_dirs, run: Path) -> tuple[pd.DataFrame, dict]:
         """The OOF answers again, after the post-processing chosen on them (saved as postprocess.json)."""
         cfg, new_label, depth = self.cfg, self.new_label, int(self.cfg.infer.neighbours)
-        answers, rows = self.fold_answers(fold_dirs, folds)
         test_items = int((self.labels != new_label).sum()) + (len(self.test) if self.test is not None else 0)
         steps, tried = postprocess.tune_steps(answers, cfg.infer, new_label, depth, test_items)
         lists = [postprocess.shortlist(a.query, a.gallery, depth, steps) for a in answers]
@@ -267,11 +268,14 @@ class Identification(EmbeddingTask):
             sims = postprocess.Fusion(**chosen["fusion"])(sims, inliers)
         return sims, ids
 
-    def tune(self, fold_dirs, folds, run: Path) -> dict:
+    def tune(self, fold_dirs, folds, run: Path, answers=None) -> dict:
+        """Threshold (and post-processing) on the OOF answers. `answers`: the folds' (FoldAnswers list,
+        rows) when the caller has them (an ensemble of runs), else they are read from `fold_dirs`."""
         new_label = self.new_label
         extra = {}
-        if self.postprocessing_on():
-            oof, extra = self.postprocessed_oof(fold_dirs, folds, run)
+        if answers is not None or self.postprocessing_on():
+            answers = answers or self.fold_answers(fold_dirs, folds)
+            oof, extra = self.postprocessed_oof(*answers, fold_dirs, run)
         else:
             oof = pd.concat([pd.read_csv(d / "oof.csv", keep_default_na=False) for d in fold_dirs], ignore_index=True)
         ranked = [r.split(" ") if r else [] for r in oof.ranked.astype(str)]
@@ -292,7 +296,8 @@ class Identification(EmbeddingTask):
             "oof_new_share": float(np.mean(np.asarray(truth) == new_label)),
             **extra,
         }
-        embeddings = np.concatenate([np.load(d / "val_embeddings.npy") for d in fold_dirs]).astype(np.float32)
+        embeddings = (np.concatenate([a.query for a in answers[0]]) if answers is not None else
+                      np.concatenate([np.load(d / "val_embeddings.npy") for d in fold_dirs]).astype(np.float32))
         labels = oof.label.to_numpy(dtype=object)
         seen = labels != new_label
         if seen.sum() > 2:
@@ -314,12 +319,13 @@ class Identification(EmbeddingTask):
                 part.append(self.embed(model, rows, f"{fold_dir.name}: embed {what}"))
         return [np.concatenate(p, axis=1) / np.sqrt(len(fold_dirs)) for p in parts]
 
-    def predict(self, fold_dirs, metrics: dict, run: Path) -> list[list[str]]:
-        """Rank the test images against all known train images with every fold model (ensembled)."""
+    def predict(self, fold_dirs, metrics: dict, run: Path, embeddings=None) -> list[list[str]]:
+        """Rank the test images against all known train images with every fold model (ensembled);
+        `embeddings`: (gallery, test) given by the caller (an ensemble of runs)."""
         cfg, new_label = self.cfg, self.new_label
         gallery_rows = np.flatnonzero(self.labels != new_label)
-        gallery, query = self.fold_embeddings(self.answering_dirs(fold_dirs, run),
-                                              [(gallery_rows, "gallery"), (self.images.rows["test"], "test")])
+        gallery, query = embeddings or self.fold_embeddings(self.answering_dirs(fold_dirs, run),
+                                                            [(gallery_rows, "gallery"), (self.images.rows["test"], "test")])
         if not distributed.is_main():
             return []  # only the main process writes the submission; post-processing runs once
         sims, ids = self.postprocessed_test(gallery, gallery_rows, query, run)
@@ -328,6 +334,33 @@ class Identification(EmbeddingTask):
         if cfg.infer.new_whale:
             return known(insert_new_class(ranked, scores, metrics["threshold"], new_label=new_label))
         return [row[:5] for row in known(ranked)]
+
+    def ensemble(self, members, out: Path) -> tuple[list[list[str]], dict]:
+        """`predict run.name=a,b,c`: the runs' models as one model whose cosine is the mean of theirs
+        (each run's unit embeddings concatenated, scaled by 1/sqrt(runs)); the threshold and the
+        post-processing (this, the first run's, infer settings) are tuned once on the joint OOF answers
+        and kept in `out`, then the test set is answered. `members`: (task, run, fold_dirs) of each run,
+        all on one split (checked by the caller), this task first."""
+        folds = pd.read_csv(members[0][1] / "folds.csv").fold.to_numpy()
+        fold_dirs, scale = members[0][2], np.float32(1 / np.sqrt(len(members)))
+        if (out / "metrics.json").exists():
+            metrics = json.loads((out / "metrics.json").read_text())
+            print(f"ensemble: threshold and post-processing tuned earlier ({out})", flush=True)
+        else:
+            parts = [task.fold_answers(dirs, folds) for task, _, dirs in members]
+            joint = [dataclasses.replace(
+                first, query=np.concatenate([p[0][i].query for p in parts], axis=1) * scale,
+                gallery=np.concatenate([p[0][i].gallery for p in parts], axis=1) * scale)
+                for i, first in enumerate(parts[0][0])]
+            metrics = self.tune(fold_dirs, folds, out, answers=(joint, parts[0][1]))
+            metrics["members"] = [str(run) for _, run, _ in members]
+            write_json_atomic(out / "metrics.json", metrics)
+        gallery_rows = np.flatnonzero(self.labels != self.new_label)
+        both = [task.fold_embeddings(task.answering_dirs(dirs, run),
+                                     [(gallery_rows, f"{run.name}: gallery"), (task.images.rows["test"], f"{run.name}: test")])
+                for task, run, dirs in members]
+        embeddings = tuple(np.concatenate([b[i] for b in both], axis=1) * scale for i in range(2))
+        return self.predict(fold_dirs, metrics, out, embeddings=embeddings), metrics
 
     def files_frame(self, answers) -> pd.DataFrame:
         ranked, scores = self.test_ranking

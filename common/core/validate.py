@@ -96,6 +96,11 @@ def _check_sizes(cfg) -> None:
     _choice(cfg, "infer.verify", ("none", "sift", "orb", "akaze"))
     for key in ("train.ema", "train.full_fit", "infer.dba", "infer.query_expansion", "infer.kreciprocal"):
         _choice(cfg, key, (True, False))
+    _number(cfg, "pseudo.rounds", int, 0)
+    precision = _value(cfg, "pseudo.precision")
+    if precision is not _MISSING and (isinstance(precision, bool) or not isinstance(precision, (int, float))
+                                      or not 0 < precision <= 1):
+        raise ConfigError(f"pseudo.precision={precision!r}: a share in (0, 1], e.g. 0.9")
     decay = _value(cfg, "train.ema_decay")
     if decay is not _MISSING and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1):
         raise ConfigError(f"train.ema_decay={decay!r}: a number between 0 and 1 (e.g. 0.998)")

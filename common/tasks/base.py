@@ -33,6 +33,7 @@ class Task:
     retrieval_postprocessing: ClassVar[bool] = False  # infer.dba / query_expansion / kreciprocal / verify apply
     full_fit: ClassVar[bool] = False  # train.full_fit: train_full after the folds
     ensembles: ClassVar[bool] = False  # predict run.name=a,b,c: ensemble(members, out)
+    pseudo_rounds: ClassVar[bool] = False  # pseudo.rounds: pseudo_labels(run), add_pseudo_labels(frame)
     fold_files: ClassVar[tuple[str, ...]] = ("best.pt",)  # what predict needs of each trained fold
     # config keys whose values name registry entries this task uses (checked before a run folder exists)
     registry_keys: ClassVar[tuple[str, ...]] = ("augment.train", "augment.valid", "train.sampler")
@@ -56,6 +57,8 @@ class Task:
                               f"choose auto, {', '.join(cls.samplers)}")
         if cfg.train.full_fit and not cls.full_fit:
             raise ConfigError(f"train.full_fit=true: not built for the {cls.name} task yet (identification has it)")
+        if cfg.pseudo.rounds and not cls.pseudo_rounds:
+            raise ConfigError(f"pseudo.rounds={cfg.pseudo.rounds}: not built for the {cls.name} task yet (identification has it)")
         if not cls.retrieval_postprocessing:
             on = [f"infer.{k}" for k in ("dba", "query_expansion", "kreciprocal") if cfg.infer[k]]
             on += ["infer.verify"] if cfg.infer.verify != "none" else []

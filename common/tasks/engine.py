@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from common.core.config import fill_missing, read_saved_config, save_config
 from common.core.errors import ConfigError, DataError
@@ -44,7 +45,25 @@ def task_class(comp):
 
 
 def train(comp, cfg) -> Path:
-    """`train [key=value ...]`: every fold, the tuned post-processing, the test submission."""
+    """`train [key=value ...]`: every fold, the tuned post-processing, the test submission; with
+    `pseudo.rounds=N`, N more runs (NAME.pseudo1, ...), each trained with the previous run's confident
+    test answers as extra training images. Returns the last run."""
+    run, task = train_run(comp, cfg)
+    for number in range(1, int(task.cfg.pseudo.rounds) + 1):
+        chosen = distributed.on_main(task.pseudo_labels, run)
+        if chosen is None:
+            break
+        base = str(task.cfg.run.name).split(".pseudo")[0]
+        cfg = copy.deepcopy(task.cfg)
+        cfg.__dict__["_command_line_keys"] = task.cfg.command_line_keys
+        cfg.run.name = f"{base}.pseudo{number}"
+        print(f"\npseudo-label round {number}: run {cfg.run.name}", flush=True)
+        run, task = train_run(comp, cfg, pseudo=chosen)
+    return run
+
+
+def train_run(comp, cfg, pseudo: tuple | None = None):
+    """One run: (run directory, task). `pseudo`: (pseudo-labels, how they were chosen) from the run before."""
     cls = task_class(comp)
     distributed.init(cfg)  # joins the process group when launched by torchrun
     cfg = run_config(comp, cfg)  # resume=true: the saved config
@@ -54,12 +73,16 @@ def train(comp, cfg) -> Path:
     started = time.time()
     root = Path(distributed.on_main(resolve_data_root, cfg, comp.name, comp.slug, comp.write_demo))  # demo: once
     task = cls(comp, cfg, root, purpose="train")  # the tables, checked: nothing written yet
+    if pseudo is not None:
+        task.add_pseudo_labels(pseudo[0])
     run = create_run(comp, cfg)
     task.prepare()
     folds = task.split()
     if main:
         save_config(cfg, run / "config.yaml")
         write_csv_atomic(task.fold_table(folds), run / "folds.csv")
+        if pseudo is not None:
+            write_csv_atomic(pseudo[0], run / "pseudo_labels.csv")
     tracking.start(cfg, run, comp.name)
     print(f"{comp.name}: {task.describe()}; data {root}; run {run}", flush=True)
 
@@ -78,10 +101,10 @@ def train(comp, cfg) -> Path:
         distributed.barrier()
     metrics = distributed.on_main(task.tune, fold_dirs, folds, run)
     metrics.update(train_minutes=round((time.time() - started) / 60, 2), data_root=str(root),
-                   processes=distributed.world_size())
+                   processes=distributed.world_size(), **(pseudo[1] if pseudo is not None else {}))
     answers = task.predict(fold_dirs, metrics, run)
     if not main:
-        return run
+        return run, task
     submission = comp.write_submission(task.test_ids(), answers, run / "submission.csv", root)
     metrics.update(task.score_test(answers, metrics))
     write_json_atomic(run / "metrics.json", metrics)
@@ -90,7 +113,7 @@ def train(comp, cfg) -> Path:
     tracking.finish(metrics)
     print("\n" + task.summary(metrics))
     print(f"submission: {submission}\n{report}run directory: {run}", flush=True)
-    return run
+    return run, task
 
 
 def write_report(comp, cfg, run: Path, root: Path) -> str:
@@ -152,6 +175,8 @@ def open_finished_run(comp, cfg, purpose: str = "predict"):
         files = files_table(saved.images, cls.id_column, cls.files_suffixes)  # bad input fails before any model loads
     root = resolve_data_root(saved, comp.name, comp.slug, comp.write_demo)
     task = cls(comp, saved, root, purpose=purpose)
+    if (run / "pseudo_labels.csv").exists():  # a pseudo-label round: its gallery had them too
+        task.add_pseudo_labels(pd.read_csv(run / "pseudo_labels.csv", keep_default_na=False, dtype=str))
     if files is not None:
         task.use_files(files)
     task.prepare()

@@ -30,7 +30,7 @@ from common.metrics import plots
 from common.metrics.scores import map_at_k, roc_curve_pairs, verification_metrics
 from common.models.factory import build_model
 from common.retrieval.index import build_index, rank_classes, search
-from common.retrieval import postprocess
+from common.retrieval import postprocess, pseudo
 from common.retrieval.new_class import insert_new_class, tune_threshold
 from common.tasks.base import TASKS, EmbeddingTask
 
@@ -82,6 +82,7 @@ class Identification(EmbeddingTask):
     retrieval_postprocessing = True
     full_fit = True
     ensembles = True
+    pseudo_rounds = True
 
     def __init__(self, comp, cfg, root: Path, *, purpose: str):
         super().__init__(comp, cfg, root, purpose=purpose)
@@ -94,11 +95,43 @@ class Identification(EmbeddingTask):
         else:
             self.test, self.truth = comp.read_test(self.root), comp.read_truth(self.root)
         self.labels = self.train_df.label.to_numpy(dtype=object)
+        self.pseudo = np.zeros(len(self.labels), bool)  # rows that are pseudo-labelled test images
         n_known = len(set(self.labels) - {self.new_label})
         if n_known < 2:
             raise DataError(f"{self.root}: {n_known} known identities in the training data (the others are "
                             f"{self.new_label}); identification needs two or more")
         self.device = distributed.init(cfg)
+
+    def add_pseudo_labels(self, frame: pd.DataFrame) -> None:
+        """Test images with confident answers (image, label, path) join the training table, before
+        `prepare`: they train every fold and sit in every gallery, but are never validated on."""
+        missing = [p for p in frame.path.astype(str) if not Path(p).is_file()]
+        if missing:
+            raise DataError(f"pseudo-labelled image {missing[0]} does not exist ({len(missing)} missing): the "
+                            "run's pseudo_labels.csv names the test images of the data root it was trained on")
+        extra = pd.DataFrame({c: frame[c].astype(str) for c in ("image", "label", "path")})
+        self.train_df = pd.concat([self.train_df, extra], ignore_index=True)
+        self.labels = self.train_df.label.to_numpy(dtype=object)
+        self.pseudo = np.append(self.pseudo, np.ones(len(extra), bool))
+
+    def pseudo_labels(self, run: Path) -> tuple[pd.DataFrame, dict] | None:
+        """The next round's pseudo-labels from this run's test answers (common/retrieval/pseudo.py),
+        at the confidence where the run's OOF first answers reach `pseudo.precision`."""
+        oof = pd.read_csv(run / "oof.csv", keep_default_na=False)
+        first = oof.ranked.astype(str).str.split(" ").str[0]
+        cut = pseudo.confidence_threshold(oof.score1, first == oof.truth.astype(str), float(self.cfg.pseudo.precision))
+        if cut is None:
+            print(f"pseudo-labels: no OOF first-answer score reaches precision {self.cfg.pseudo.precision}; "
+                  "no further round", flush=True)
+            return None
+        threshold, precision, n_oof = cut
+        ranked, scores = self.test_ranking
+        frame = pseudo.select(self.test.image.astype(str), self.test.path.astype(str), ranked, scores, threshold)
+        info = {"pseudo_threshold": threshold, "pseudo_oof_precision": precision, "pseudo_oof_answers": n_oof,
+                "pseudo_images": len(frame)}
+        print(f"pseudo-labels: {len(frame)} of {len(ranked)} test images score >= {threshold:.3f}, where "
+              f"{precision:.1%} of {n_oof} OOF first answers were right", flush=True)
+        return (frame, info) if len(frame) else None
 
     def prepare(self) -> None:
         self.images = ImageSet(self.cfg, self.comp.name, self.train_df, self.test)
@@ -108,14 +141,18 @@ class Identification(EmbeddingTask):
 
     # --- the engine's steps ----------------------------------------------------------------
     def split(self) -> np.ndarray:
-        return open_set_folds(self.labels, self.cfg.train.folds, self.cfg.seed, self.new_label)
+        folds = np.full(len(self.labels), -1, dtype=np.int64)  # pseudo-labelled rows: always in training
+        folds[~self.pseudo] = open_set_folds(self.labels[~self.pseudo], self.cfg.train.folds, self.cfg.seed,
+                                             self.new_label)
+        return folds
 
     def fold_table(self, folds) -> pd.DataFrame:
         return pd.DataFrame({"image": self.train_df.image, "label": self.labels, "fold": folds})
 
     def describe(self) -> str:
-        return (f"{len(self.labels)} train images, {len(set(self.labels) - {self.new_label})} identities, "
-                f"{len(self.test)} test images")
+        return (f"{len(self.labels)} train images" + (f" ({int(self.pseudo.sum())} pseudo-labelled test images)"
+                                                       if self.pseudo.any() else "")
+                + f", {len(set(self.labels) - {self.new_label})} identities, {len(self.test)} test images")
 
     def _fit_setup(self, cfg, fold: int, train_rows, fold_dir: Path):
         """The model and loader of one fit on `train_rows` (classes.json written beside its checkpoints)."""
@@ -285,8 +322,8 @@ class Identification(EmbeddingTask):
         oof["prediction"] = [" ".join(p) for p in insert_new_class(ranked, scores, threshold, new_label=new_label)]
         write_csv_atomic(oof, run / "oof.csv")
         trained = {int(d.name[len("fold"):]) for d in fold_dirs}
-        unused = ~np.isin(folds, list(trained))
-        baseline_labels = self.labels[unused] if unused.any() else self.labels
+        unused = ~np.isin(folds, list(trained)) & ~self.pseudo
+        baseline_labels = self.labels[unused] if unused.any() else self.labels[~self.pseudo]
         metrics = {
             "oof_map5": float(best),
             "threshold": float(threshold),
@@ -379,7 +416,7 @@ class Identification(EmbeddingTask):
             return {}
         truth = self.test_truth().tolist()
         return {"test_map5": map_at_k(answers, truth),
-                "test_baseline_map5": trivial_baseline(self.labels, truth, self.new_label),
+                "test_baseline_map5": trivial_baseline(self.labels[~self.pseudo], truth, self.new_label),
                 **first_answer_rates(answers, self.test_ranking[0], truth, self.new_label, "test_")}
 
     def summary(self, metrics: dict) -> str:
@@ -388,6 +425,10 @@ class Identification(EmbeddingTask):
         if "oof_map5_plain" in metrics:
             line += (f"\npost-processing: {metrics['postprocess']} (OOF MAP@5 {metrics['oof_map5_plain']:.4f} without"
                      + (f", {metrics['oof_map5_unfused']:.4f} before fusion" if "oof_map5_unfused" in metrics else "") + ")")
+        if "pseudo_images" in metrics:
+            line += (f"\npseudo-labels: {metrics['pseudo_images']} test images in training and gallery (OOF first answers "
+                     f"{metrics['pseudo_oof_precision']:.1%} right above {metrics['pseudo_threshold']:.3f}); the OOF score "
+                     "is optimistic in a round (those labels came from a gallery holding the OOF images): judge it on test")
         if "test_map5" in metrics:
             line += f"\ntest MAP@5 {metrics['test_map5']:.4f} (trivial baseline {metrics['test_baseline_map5']:.4f})"
             line += (f"; known animals: first answer right {metrics['test_top1_known']:.1%} "

@@ -14,6 +14,7 @@ BENCHES: dict[str, str] = {
     "retrieval": "bench.retrieval",
     "pretrain": "bench.pretrain",
     "deepfake": "bench.deepfake",
+    "oneshot": "bench.oneshot",
 }
 
 USAGE = "usage: ./run.sh bench <{names}> [key=value ...]"

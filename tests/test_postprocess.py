@@ -118,3 +118,5 @@ def test_smoke_run_tunes_post_processing_and_predict_applies_it(whale_demo, tmp_
     spec = json.loads((run / "export" / "preprocessing.json").read_text())
     assert spec["retrieval_postprocessing"]["verification"] == "orb"
     assert spec["retrieval_postprocessing"]["steps"] == chosen["steps"]
+    page = (run / "report.html").read_text()
+    assert "out-of-fold, without post-processing" in page and "post-processing chosen on OOF" in page

@@ -89,9 +89,13 @@ def headline(task, metrics: dict) -> str:
         rows.append([label, fmt(value), fmt(baseline),
                      f'<span class="{verdict}">{"better" if gain > 0 else "not better"} by {abs(gain):.4f}</span>'])
     for key, label in (("oof_gap_rerank", "out-of-fold, with distractor re-ranking"),
-                       ("test_gap_plain", "test, without re-ranking")):
+                       ("test_gap_plain", "test, without re-ranking"),
+                       ("oof_map5_plain", "out-of-fold, without post-processing"),
+                       ("oof_map5_unfused", "out-of-fold, before the verification fusion")):
         if key in metrics:
             rows.append([label, fmt(metrics[key]), "", ""])
+    if metrics.get("postprocess"):
+        rows.append(["post-processing chosen on OOF", escape(str(metrics["postprocess"])), "", ""])
     return table(rows, ["answers", f"{metric} ({'lower' if lower else 'higher'} is better)", "trivial baseline",
                         "against the baseline"])
 
@@ -106,7 +110,8 @@ def plots(run: Path) -> str:
 def settings(cfg) -> str:
     keys = ["model.backbone", "model.pretrained", "model.head", "model.loss", "model.embedding_dim",
             "data.image_size", "train.folds", "train.run_folds", "train.epochs", "train.batch_size", "train.lr",
-            "train.sampler", "augment.train", "infer.tta_flip", "seed"]
+            "train.sampler", "augment.train", "infer.tta_flip", "data.resize", "data.boxes", "train.ema",
+            "train.full_fit", "infer.verify", "seed"]
     rows = []
     for key in keys:
         try:

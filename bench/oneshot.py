@@ -70,8 +70,8 @@ def one_shot_trials(zip_path: Path, runs: int = 20, way: int = 20, seed: int = 0
 
 
 def file_name(member: str) -> str:
-    alphabet, character, image, _ = MEMBER.search(member).groups()
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{alphabet}_{character}_{image}") + ".png"
+    alphabet, character, image, drawer = MEMBER.search(member).groups()  # image: the character's number
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{alphabet}_{character}_{image}_{drawer}") + ".png"
 
 
 def extract(zip_path: Path, members: set[str], folder: Path) -> Path:

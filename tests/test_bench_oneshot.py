@@ -17,6 +17,8 @@ def test_trials_pair_one_drawer_as_gallery_with_another_as_queries():
         assert len({g[3] for g in gallery}) == 1 and len({q[3] for q in queries}) == 1  # one drawer each side
         assert gallery[0][3] != queries[0][3] and {p[0] for p in parts} == {t["alphabet"]}
     assert trials == oneshot.one_shot_trials(oneshot.SMALL2, runs=8, way=20, seed=3)
+    names = {oneshot.file_name(m) for t in trials for m in t["gallery"] + t["queries"]}
+    assert len(names) == len({m for t in trials for m in t["gallery"] + t["queries"]})  # one file per drawing
 
 
 def test_error_rate_counts_queries_nearest_to_another_character():
@@ -40,3 +42,7 @@ def test_bench_trains_on_small1_and_scores_small2(tmp_path):
     table = (tmp_path / "oneshot.md").read_text()
     row = table.strip().splitlines()[-1]
     assert row.startswith("| t | preset=smoke data.limit=300") and "2 x 20" in row and "%" in row
+    with np.load(tmp_path / "oneshot" / "t-small2.npz") as z:
+        assert len(z["files"]) == 2 * 2 * 20  # every gallery and query drawing embedded, none shared
+    error = float(row.split("|")[4].strip().rstrip("%")) / 100
+    assert 0.0 < error < 0.95  # a 2-epoch smoke model: far from perfect, better than chance (0.95)

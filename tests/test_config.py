@@ -59,3 +59,17 @@ def test_a_run_saved_before_a_key_existed_gets_its_default_and_keeps_its_own_val
     assert sorted(fill_missing(saved, current)) == ["infer.verify", "tracking", "train.full_fit"]
     assert saved.train.epochs == 3 and saved.infer.neighbours == 7 and saved.train.full_fit is False
     assert fill_missing(saved, current) == []
+
+
+def test_the_whale_reid_preset_resolves_to_the_real_photo_recipe():
+    from common.core.config import load_config
+    from common.core.validate import validate_config
+    from common.models.input_config import resolve_input_config
+    from common.tasks import TASKS
+
+    import competitions.whales as whales
+
+    cfg = resolve_input_config(load_config(whales.COMPETITION.config_path, ["preset=reid"]), "predict")
+    validate_config(cfg, TASKS.get(whales.COMPETITION.task))
+    assert cfg.data.image_size == [224, 224] and cfg.data.resize == "pad" and cfg.model.pretrained == "pypi"
+    assert cfg.infer.verify == "sift" and cfg.train.ema is True

@@ -12,7 +12,7 @@ usage:
       commands: demo-data [DIR] | train | predict run.name=NAME [images=DIR] | embed | export | report
                 | pretrain | download | submit | kernel | runs
       deepfake also: detect (cache face crops once)
-  ./run.sh bench <train|heads|pretrain|retrieval|deepfake>
+  ./run.sh bench <train|heads|pretrain|retrieval|deepfake|oneshot|reid>
   ./run.sh doctor                                   what this machine can do for the toolkit
   ./run.sh help
 examples:

@@ -15,6 +15,7 @@ BENCHES: dict[str, str] = {
     "pretrain": "bench.pretrain",
     "deepfake": "bench.deepfake",
     "oneshot": "bench.oneshot",
+    "reid": "bench.reid",
 }
 
 USAGE = "usage: ./run.sh bench <{names}> [key=value ...]"

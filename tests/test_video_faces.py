@@ -15,8 +15,11 @@ from common.video.faces import (
     create_detector,
     crop_face,
     extract_faces,
+    landmark_box,
+    link_tracks,
     ssd_output_to_boxes,
     yunet_output_to_boxes,
+    yunet_output_to_landmarks,
 )
 from common.video.frames import BACKENDS, VideoReadError, read_frames, sample_indices, video_info
 from competitions.deepfake.demo import write_mp4
@@ -126,9 +129,47 @@ def test_haar_detects_on_downscaled_copy_and_maps_back(real_video):
 
 
 def test_registry_and_unknown_detector():
-    assert {"haar", "ssd", "yunet"} <= set(DETECTORS)
-    with pytest.raises(ValueError, match="unknown face detector 'mtcnn'"):
-        create_detector("mtcnn")
+    assert {"mtcnn", "haar", "ssd", "yunet"} <= set(DETECTORS)
+    with pytest.raises(ValueError, match="unknown face detector 'retina'"):
+        create_detector("retina")
+
+
+def test_mtcnn_boxes_and_landmarks_on_real_frames(real_video):
+    """MTCNN (weights inside the facenet-pytorch wheel) on the carphone clip: a face in every sampled
+    frame, the box inside the frame, the five landmarks inside the box, eyes above the mouth."""
+    pytest.importorskip("facenet_pytorch")
+    detector = create_detector("mtcnn")
+    frames = read_frames(real_video, 12)
+    for frame in frames:
+        boxes, landmarks = detector.detect_landmarks(frame)
+        assert boxes.shape[1] == 5 and landmarks.shape == (len(boxes), 5, 2) and len(boxes) >= 1
+        big = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+        x1, y1, x2, y2, score = boxes[big]
+        assert 0 <= x1 < x2 <= 176 and 0 <= y1 < y2 <= 144 and 0.9 < score <= 1
+        assert 30 < x2 - x1 < 120  # the carphone face is about 64 px wide
+        points = landmarks[big]
+        assert ((points[:, 0] >= x1) & (points[:, 0] <= x2) & (points[:, 1] >= y1) & (points[:, 1] <= y2)).all()
+        left_eye, right_eye, nose, mouth_left, mouth_right = points
+        assert max(left_eye[1], right_eye[1]) < min(mouth_left[1], mouth_right[1])  # eyes above the mouth
+        assert left_eye[0] < right_eye[0] and mouth_left[0] < mouth_right[0]         # image left first
+        assert min(left_eye[1], right_eye[1]) < nose[1] < max(mouth_left[1], mouth_right[1])
+
+
+def test_mtcnn_crops_are_centred_on_the_landmarks(real_video):
+    pytest.importorskip("facenet_pytorch")
+    crops = extract_faces(read_frames(real_video, 6), create_detector("mtcnn"), size=64)
+    assert len(crops) == 6 and all(c.score > 0.9 for c in crops)
+    for c in crops:
+        centroid = c.landmarks.mean(axis=0)
+        assert np.abs(centroid - 32).max() < 3  # the landmarks' centroid is the crop's centre
+        assert ((c.landmarks > 0) & (c.landmarks < 64)).all()
+
+
+def test_landmark_box_is_a_square_on_the_centroid():
+    box = np.array([10, 20, 50, 100, 0.9], np.float32)
+    points = np.array([[20, 40], [40, 40], [30, 60], [22, 80], [38, 80]], np.float32)
+    np.testing.assert_allclose(landmark_box(box, points), [-10, 20, 70, 100, 0.9])
+    np.testing.assert_allclose(landmark_box(box, np.full((5, 2), np.nan)), box)  # no landmarks: the box
 
 
 @pytest.mark.parametrize("name, filename", [("ssd", "res10_300x300_ssd_iter_140000.caffemodel"),
@@ -196,13 +237,21 @@ def test_extract_faces_modes_skip_and_fallback():
     frames = np.full((3, 120, 160, 3), 90, np.uint8)
     frames[1, 0, 0] = 0  # no face in frame 1
     detector = _FixedDetector([[10, 10, 30, 30, 0.9], [50, 20, 110, 100, 0.6]])
-    largest = extract_faces(frames, detector, size=64)
+    largest = extract_faces(frames, detector, size=64, second_looks=False)
     assert [(c.frame_idx, c.face_idx, c.score) for c in largest] == [(0, 0, pytest.approx(0.6)), (2, 0, pytest.approx(0.6))]
-    everything = extract_faces(frames, detector, size=64, mode="all")
+    everything = extract_faces(frames, detector, size=64, mode="all", second_looks=False)
     assert [(c.frame_idx, c.face_idx) for c in everything] == [(0, 0), (0, 1), (2, 0), (2, 1)]
-    assert everything[0].score > everything[1].score
-    frame_idx, face_idx, crop, score = everything[0]  # plain tuple unpacking works
+    assert everything[0].score == pytest.approx(0.6)  # track 0: the larger face, whatever its score
+    frame_idx, face_idx, crop, score, *_ = everything[0]
     assert crop.shape == (64, 64, 3)
+    only_main = extract_faces(frames, detector, size=64, mode="all", max_faces=1, second_looks=False)
+    assert [(c.frame_idx, c.face_idx) for c in only_main] == [(0, 0), (2, 0)]
+    # the second look: frame 1's miss is searched again around frame 0's face (the first pixel of
+    # the search window is not black, so the fixed detector answers there)
+    frames = np.full((3, 240, 320, 3), 90, np.uint8)
+    frames[1, 0, 0] = 0
+    looked = extract_faces(frames, _FixedDetector([[150, 120, 210, 200, 0.9]]), size=64)
+    assert [(c.frame_idx, c.second_look) for c in looked] == [(0, False), (1, True), (2, False)]
 
     blank = np.zeros((2, 120, 160, 3), np.uint8)  # no face anywhere: centre crops, score 0
     fallback = extract_faces(blank, detector, size=32)
@@ -272,3 +321,35 @@ def test_self_blend_augment_labels_match_images():
     assert all(SelfBlendAugment(p=1.0, seed=1)(image=face)["label"] == 1 for _ in range(3))
     with pytest.raises(ValueError, match="p must be"):
         SelfBlendAugment(p=1.5)
+
+
+def test_second_look_maps_boxes_back_to_the_frame():
+    from common.video.faces import second_look
+
+    class _Recorder:
+        def detect(self, rgb):
+            self.shape = rgb.shape
+            return np.array([[5, 6, 15, 18, 0.8]], np.float32)
+
+    frame = np.zeros((200, 300, 3), np.uint8)
+    detector = _Recorder()
+    boxes, landmarks = second_look(frame, detector, np.array([100, 50, 140, 100, 0.9]))
+    assert detector.shape == (150, 120, 3)  # the neighbour's 40x50 box grown by its size on each side
+    np.testing.assert_allclose(boxes[0], [65, 6, 75, 18, 0.8])  # window (60, 0) + the window's box
+    assert np.isnan(landmarks).all()
+
+
+def test_tracks_follow_faces_across_frames_and_rank_by_area():
+    big = lambda dx: np.array([50 + dx, 20, 110 + dx, 100, 0.6], np.float32)
+    small = lambda dx: np.array([10 + dx, 10, 30 + dx, 30, 0.9], np.float32)
+    frames = [np.stack([small(0), big(0)]), np.stack([big(5)]), np.stack([big(8), small(2)]),
+              np.zeros((0, 5), np.float32), np.stack([small(60)])]  # the small face reappears elsewhere
+    tracks = link_tracks(frames)
+    assert [t.tolist() for t in tracks] == [[1, 0], [0], [0, 1], [], [2]]
+
+
+def test_yunet_landmarks_are_scaled_rows():
+    row = np.array([[10, 20, 30, 40, 15, 30, 30, 30, 22, 40, 16, 50, 29, 50, 0.95]], np.float32)
+    points = yunet_output_to_landmarks(row, scale=2.0)
+    assert points.shape == (1, 5, 2)
+    np.testing.assert_allclose(points[0, 0], [30, 60]) and np.testing.assert_allclose(points[0, 4], [58, 100])

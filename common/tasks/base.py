@@ -142,6 +142,9 @@ class Task:
     def summary(self, metrics: dict) -> str:
         raise NotImplementedError
 
+    def after_submission(self, submission: Path) -> None:
+        """Anything a task writes beside a submission it answered (the video task: face counts)."""
+
 
 class EmbeddingTask(Task):
     """What identification and recognition share: a margin head and/or a pair loss on embeddings,

@@ -106,6 +106,7 @@ def train_run(comp, cfg, pseudo: tuple | None = None):
     if not main:
         return run, task
     submission = comp.write_submission(task.test_ids(), answers, run / "submission.csv", root)
+    task.after_submission(submission)
     metrics.update(task.score_test(answers, metrics))
     write_json_atomic(run / "metrics.json", metrics)
     plots.training_curves(run / "log.csv", run / "curves.png")
@@ -211,6 +212,7 @@ def predict(comp, cfg) -> Path:
         return run
     out = output_path(saved, run, "predictions", "submission", ".csv")
     submission = comp.write_submission(task.test_ids(), answers, out, task.root)
+    task.after_submission(submission)
     found = {k: v for k, v in task.score_test(answers, metrics).items() if isinstance(v, float)}
     if found:
         print(f"against the truth in {task.root}: " + ", ".join(f"{k} {v:.4f}" for k, v in found.items()))

@@ -34,6 +34,7 @@ from common.engine import distributed
 from common.engine.folds import assert_disjoint, group_folds
 from common.engine.trainer import load_best, seed_everything, train_fold
 from common.losses.objective import BinaryObjective, class_weights
+from common.metrics.detection import detection_metrics, frame_and_video_metrics, plot_roc
 from common.metrics.scores import log_loss
 from common.models.network import load_backbone_init
 from common.tasks.base import TASKS, Task
@@ -219,25 +220,60 @@ class Video(Task):
         frames = pd.concat([pd.read_csv(d / self.fold_marker, dtype={"video": str}) for d in fold_dirs],
                            ignore_index=True)
         metrics, calibration = evaluate_oof(frames, self.cfg, run)
+        calibration["prior"] = self.prior(frames)
         write_json_atomic(run / "calibration.json", calibration)
+        metrics.update(self.ranking_metrics(frames, run, metrics["aggregation"]))
         data = self.data
         metrics.update(skipped_videos=data.skipped, unreadable_test_videos=sum(p in data.errors for p in data.test.path),
                        train_faces_found_share=float(data.train.found_faces.mean()),
                        detector=data.cache.extractor.detector_name, detect_minutes=round(data.detect_seconds / 60, 2))
         return metrics
 
+    @staticmethod
+    def ranking_metrics(frames: pd.DataFrame, run: Path, aggregation: str) -> dict:
+        """What DeepfakeBench reports beside log loss: ROC AUC, EER and average precision of frames
+        (a frame is its video's label) and of videos, out of fold, with the ROC of both in roc.png.
+        Videos are ranked by their aggregated score before calibration (clipping makes ties)."""
+        oof = pd.read_csv(run / "oof.csv", dtype={"video": str})
+        column = f"p_{aggregation}" if f"p_{aggregation}" in oof else "prediction"
+        found = frame_and_video_metrics(frames.video.astype(str), frames.prob, oof.label, oof[column],
+                                        video_ids=oof.video)
+        plot_roc(oof.label, oof[column], run / "roc.png", title="out-of-fold ROC",
+                 extra={"frames": (frames.label, frames.prob)})
+        return {f"oof_{k}": v for k, v in found.items()}
+
+    def prior(self, frames: pd.DataFrame) -> float:
+        """The answer for a video without any face: the constant that minimises the tuned objective
+        on the out-of-fold videos (0.5 when both classes weigh half, else their share of fakes)."""
+        if self.cfg.calibrate.objective == "balanced_logloss":
+            return 0.5
+        share = float(frames.groupby("video").label.first().mean())
+        return float(np.clip(share, 0.01, 0.99))
+
     def predict(self, fold_dirs, metrics: dict, run: Path) -> np.ndarray:
         self.run = run
         if self.purpose != "train":
             predictor = VideoPredictor.load(run, fold_dirs, cfg=self.cfg, device=self.device, progress=self.cfg.progress)
+            self.predictor = predictor
             return predictor.predict(self.test.path)
         calibration = json.loads((run / "calibration.json").read_text())
         models = [load_best(build_classifier(self.cfg, pretrained=False), d, self.device) for d in fold_dirs]
         predictor = VideoPredictor(self.cfg, models, calibration, device=self.device, progress=self.cfg.progress)
+        self.predictor = predictor
         faces = [None if path in self.data.errors else self.data.cache.load(path) for path in self.test.path]
         if any(f is None for f in faces):
             warnings.warn(f"{sum(f is None for f in faces)} unreadable test video(s) answered 0.5", stacklevel=2)
-        return predictor.predict_faces(faces)
+        return predictor.predict_faces(faces, list(self.test.path))
+
+    def after_submission(self, submission: Path) -> None:
+        """Per-video detection counts beside the submission (`<name>.faces.csv`) and one line saying
+        in how many sampled frames a face was found."""
+        predictor = getattr(self, "predictor", None)
+        if predictor is None or not predictor.records:
+            return
+        table = predictor.detection_table()
+        write_csv_atomic(table, Path(submission).with_suffix(".faces.csv"))
+        print(predictor.detection_line() + f"; per video: {Path(submission).with_suffix('.faces.csv')}", flush=True)
 
     files_suffixes = frozenset(VIDEO_SUFFIXES)
     export_output = "logits"
@@ -256,15 +292,22 @@ class Video(Task):
         truth = self.test_truth().to_numpy()
         if self.purpose == "train":
             reliability_plot(answers, truth, self.run / "reliability_test.png", "test videos (calibrated)")
+        ranking = detection_metrics(truth, np.asarray(answers, dtype=float))
         return {"test_logloss": log_loss(truth, answers), "test_baseline_logloss": log_loss(truth, np.full(len(truth), 0.5)),
-                "test_auc": roc_auc(truth, answers), "test_videos": len(truth)}
+                "test_auc": roc_auc(truth, answers), "test_eer": ranking["eer"], "test_ap": ranking["ap"],
+                "test_videos": len(truth)}
 
     def summary(self, metrics: dict) -> str:
         line = (f"OOF log loss {metrics['oof_logloss']:.4f} (class-balanced {metrics['oof_balanced_logloss']:.4f}) "
                 f"against {metrics['baseline_logloss']:.4f} for a constant 0.5; aggregation '{metrics['aggregation']}', "
                 f"temperature {metrics['temperature']:.3f}, clip eps {metrics['clip_eps']} (mean of frames, "
                 f"uncalibrated: {metrics['oof_logloss_raw']:.4f})")
+        if "oof_video_auc" in metrics:
+            line += (f"\nOOF video AUC {metrics['oof_video_auc']:.3f}, EER {metrics['oof_video_eer']:.3f}, "
+                     f"AP {metrics['oof_video_ap']:.3f}; frames AUC {metrics['oof_frame_auc']:.3f}, "
+                     f"EER {metrics['oof_frame_eer']:.3f}, AP {metrics['oof_frame_ap']:.3f}")
         if "test_logloss" in metrics:
             line += (f"\ntest log loss {metrics['test_logloss']:.4f} (constant 0.5: "
-                     f"{metrics['test_baseline_logloss']:.4f}), test AUC {metrics['test_auc']:.3f}")
+                     f"{metrics['test_baseline_logloss']:.4f}), test AUC {metrics['test_auc']:.3f}, "
+                     f"EER {metrics.get('test_eer', float('nan')):.3f}, AP {metrics.get('test_ap', float('nan')):.3f}")
         return line

@@ -33,9 +33,15 @@ from tqdm import tqdm
 
 from common.core.errors import ConfigError, DataError
 from common.video.faces import EXTRACT_MODES, FALLBACK_SCORE, MissingWeightsError, create_detector, extract_faces
-from common.video.frames import BACKENDS, read_frames
+from common.video.frames import BACKENDS, DEFAULT_BACKEND, read_frames
 
-CNN_DETECTORS = ("yunet", "ssd")  # `faces.detector=auto` takes the first whose weights are found
+# `faces.detector=auto` takes the first of these that can be built (mtcnn: facenet-pytorch installed;
+# the OpenCV ones: their weight files found), else Haar
+CNN_DETECTORS = ("mtcnn", "yunet", "ssd")
+NEEDS_WEIGHTS_DIR = ("yunet", "ssd")
+# Bumped when the crops of the same settings change: 2 = second look around a neighbour's face,
+# tracks for faces.mode=all, crops centred on the landmarks, landmarks stored
+EXTRACT_VERSION = 2
 # What a recorded error may be: a video that cannot be decoded, for good. Names, as stored in the
 # `.json` ("VideoReadError: ..."), so entries of older versions can be told apart.
 PERMANENT_ERRORS = (DataError,)
@@ -44,12 +50,29 @@ PERMANENT_ERROR_NAMES = ("VideoReadError", "DataError")
 
 @dataclass
 class VideoFaces:
-    """The face crops of one video: uint8 [n, S, S, 3] and, per crop, its frame, face rank and score."""
+    """The face crops of one video: uint8 [n, S, S, 3] and, per crop, its frame, face rank and score,
+    its five landmarks in crop pixels ([n, 5, 2], NaN when the detector has none) and whether it was
+    found by the second look; `frames` is how many frames were sampled."""
 
     crops: np.ndarray
     frame_idx: np.ndarray
     face_idx: np.ndarray
     score: np.ndarray
+    landmarks: np.ndarray | None = None
+    second_look: np.ndarray | None = None
+    frames: int | None = None
+
+    def __post_init__(self):
+        n = len(self.crops)
+        if self.landmarks is None:
+            self.landmarks = np.full((n, 5, 2), np.nan, np.float32)
+        if self.second_look is None:
+            self.second_look = np.zeros(n, bool)
+
+    @property
+    def frames_with_face(self) -> int:
+        """Sampled frames in which a face was detected (0 when the crops are centre crops)."""
+        return len(set(self.frame_idx[self.score > FALLBACK_SCORE].tolist()))
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -70,7 +93,7 @@ def crop_size(cfg) -> int:
 def resolve_detector(name: str, weights_dir: str | None):
     """(resolved name, detector): `auto` is the first CNN detector whose weights exist, else Haar."""
     if name != "auto":
-        kwargs = {"weights_dir": weights_dir} if name in CNN_DETECTORS else {}
+        kwargs = {"weights_dir": weights_dir} if name in NEEDS_WEIGHTS_DIR else {}
         try:
             return name, create_detector(name, **kwargs)
         except MissingWeightsError as exc:
@@ -79,7 +102,8 @@ def resolve_detector(name: str, weights_dir: str | None):
             raise ConfigError(f"faces.detector={name}: {exc}") from None
     for candidate in CNN_DETECTORS:
         try:
-            return candidate, create_detector(candidate, weights_dir=weights_dir)
+            kwargs = {"weights_dir": weights_dir} if candidate in NEEDS_WEIGHTS_DIR else {}
+            return candidate, create_detector(candidate, **kwargs)
         except MissingWeightsError:
             continue
     return "haar", create_detector("haar")
@@ -89,7 +113,8 @@ class FaceExtractor:
     """One video file -> `VideoFaces`, with the settings of `cfg.video` and `cfg.faces`."""
 
     def __init__(self, *, frames: int, size: int, margin: float = 0.3, mode: str = "largest",
-                 detector: str = "haar", weights_dir: str | None = None, backend: str = "opencv"):
+                 detector: str = "haar", weights_dir: str | None = None, backend: str = DEFAULT_BACKEND,
+                 max_faces: int = 2):
         if mode not in EXTRACT_MODES:
             raise ConfigError(f"faces.mode={mode}; choose from {', '.join(EXTRACT_MODES)}")
         if backend not in BACKENDS:
@@ -97,30 +122,37 @@ class FaceExtractor:
         if int(frames) < 1:
             raise ConfigError(f"video.frames={frames}; at least 1")
         self.frames, self.size, self.margin, self.mode, self.backend = int(frames), int(size), float(margin), mode, backend
-        self.weights_dir = weights_dir
+        if int(max_faces) < 1:
+            raise ConfigError(f"faces.max_faces={max_faces}; at least 1")
+        self.weights_dir, self.max_faces = weights_dir, int(max_faces)
         self.detector_name, self.detector = resolve_detector(detector, weights_dir)
 
     @classmethod
     def from_config(cls, cfg) -> "FaceExtractor":
         return cls(frames=cfg.video.frames, size=crop_size(cfg), margin=cfg.faces.margin, mode=cfg.faces.mode,
-                   detector=cfg.faces.detector, weights_dir=cfg.faces.get("weights_dir"), backend=cfg.video.backend)
+                   detector=cfg.faces.detector, weights_dir=cfg.faces.get("weights_dir"), backend=cfg.video.backend,
+                   max_faces=cfg.faces.get("max_faces", 2))
 
     def settings(self) -> dict:
         """Everything that changes the crops; its hash names the cache folder. The backend belongs
         here: OpenCV and PyAV do not decode (convert to RGB) every video to the same pixels."""
         return {"frames": self.frames, "size": self.size, "margin": self.margin, "mode": self.mode,
-                "detector": self.detector_name, "backend": self.backend}
+                "detector": self.detector_name, "backend": self.backend, "extract": EXTRACT_VERSION,
+                **({"max_faces": self.max_faces} if self.mode == "all" else {})}
 
     def read(self, path: str | Path) -> np.ndarray:
         """The sampled frames (raises `VideoReadError` naming the file)."""
         return read_frames(path, self.frames, backend=self.backend)
 
     def faces_in(self, frames: np.ndarray) -> VideoFaces:
-        found = extract_faces(frames, self.detector, margin=self.margin, size=self.size, mode=self.mode)
+        found = extract_faces(frames, self.detector, margin=self.margin, size=self.size, mode=self.mode,
+                              max_faces=self.max_faces)
         return VideoFaces(crops=np.stack([f.crop for f in found]),
                           frame_idx=np.array([f.frame_idx for f in found], np.int32),
                           face_idx=np.array([f.face_idx for f in found], np.int32),
-                          score=np.array([f.score for f in found], np.float32))
+                          score=np.array([f.score for f in found], np.float32),
+                          landmarks=np.stack([f.landmarks for f in found]).astype(np.float32),
+                          second_look=np.array([f.second_look for f in found], bool), frames=len(frames))
 
     def __call__(self, path: str | Path) -> VideoFaces:
         return self.faces_in(self.read(path))
@@ -193,7 +225,8 @@ class FaceCache:
         if not hasattr(self._local, "extractor"):
             e = self.extractor
             self._local.extractor = FaceExtractor(frames=e.frames, size=e.size, margin=e.margin, mode=e.mode,
-                                                  detector=e.detector_name, weights_dir=e.weights_dir, backend=e.backend)
+                                                  detector=e.detector_name, weights_dir=e.weights_dir, backend=e.backend,
+                                                  max_faces=e.max_faces)
         return self._local.extractor
 
     def _detect_one(self, path: str) -> str | None:
@@ -213,8 +246,12 @@ class FaceCache:
             raise
         else:
             _write_atomic(base.with_suffix(".npy"), lambda p: _save_npy(p, faces.crops))
+            landmarks = np.round(faces.landmarks.astype(np.float64), 1)
             meta.update(frame_idx=faces.frame_idx.tolist(), face_idx=faces.face_idx.tolist(),
-                        score=[round(float(s), 4) for s in faces.score], found_faces=faces.found_faces)
+                        score=[round(float(s), 4) for s in faces.score], found_faces=faces.found_faces,
+                        frames=faces.frames, frames_with_face=faces.frames_with_face,
+                        second_look=faces.second_look.astype(int).tolist(),
+                        landmarks=[p.tolist() if np.isfinite(p).all() else None for p in landmarks])
         _write_atomic(base.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta)))
         return meta["error"]
 
@@ -265,7 +302,18 @@ class FaceCache:
                 self._open.popitem(last=False)
         self._open[npy] = crops
         return VideoFaces(crops=crops, frame_idx=np.asarray(meta["frame_idx"], np.int32),
-                          face_idx=np.asarray(meta["face_idx"], np.int32), score=np.asarray(meta["score"], np.float32))
+                          face_idx=np.asarray(meta["face_idx"], np.int32), score=np.asarray(meta["score"], np.float32),
+                          landmarks=stored_landmarks(meta), frames=meta.get("frames"),
+                          second_look=np.asarray(meta["second_look"], bool) if "second_look" in meta else None)
+
+
+def stored_landmarks(meta: dict) -> np.ndarray | None:
+    """The `.json`'s landmarks as float32 [n, 5, 2] (a crop stored without: NaN); None for entries
+    written before landmarks were stored."""
+    if "landmarks" not in meta:
+        return None
+    nan = [[np.nan, np.nan]] * 5
+    return np.asarray([nan if p is None else p for p in meta["landmarks"]], np.float32).reshape(-1, 5, 2)
 
 
 class CropReader:

@@ -3,18 +3,30 @@
 Why: deepfake artefacts live in the face, which fills a few percent of a DFDC frame, so
 models look at face crops rather than whole frames.  Which detector finds the faces is a
 choice (speed vs. recall, what weights the Kaggle kernel can carry), so detectors share
-one method, ``detect(rgb) -> [n, 5] (x1, y1, x2, y2, score)``, and are created by name:
+one method, ``detect(rgb) -> [n, 5] (x1, y1, x2, y2, score)``, and those that also find the
+five landmarks (eyes, nose, mouth corners) add ``detect_landmarks(rgb) -> (boxes, [n, 5, 2])``.
+They are created by name:
 
+* ``mtcnn``: MTCNN (Zhang et al. 2016), the detector of most DFDC solutions, as shipped by
+  ``facenet-pytorch``: its three small CNNs' weights are inside the wheel, so it works offline.
+  Boxes and five landmarks.  The wheel pins torch 2.2, so it is installed without its
+  dependencies (``requirements-nodeps.txt``; ``run.sh`` does it).
 * ``haar``: OpenCV's frontal-face Haar cascade, shipped inside opencv-python-headless, so it
   works offline everywhere.  Misses turned or tilted faces (about 63 % of frames found on
-  the ``carphone`` clip, where the head turns).
+  the ``carphone`` clip, where the head turns).  The last fallback.
 * ``ssd``: OpenCV's DNN ResNet-10 SSD face detector (Caffe), much better recall.
-* ``yunet``: OpenCV's YuNet (``cv2.FaceDetectorYN``, ONNX), fast and accurate.
+* ``yunet``: OpenCV's YuNet (``cv2.FaceDetectorYN``, ONNX), fast and accurate; five landmarks.
 
-The CNN detectors need weight files that cannot be downloaded here; they are found in a
+The OpenCV CNN detectors need weight files that cannot be downloaded here; they are found in a
 directory given as an argument, the ``FACE_DETECTOR_DIR`` environment variable,
 ``inputs/weights/``, or any ``/kaggle/input/<dataset>/`` folder, and otherwise fail with an
 error that names the file and how to bring it.
+
+``extract_faces`` turns the detections of a video's sampled frames into crops: a frame where the
+detector found nothing is searched again at full resolution around the face of the nearest frame
+that has one (DFDC faces are small in a 1080p frame, and the first pass runs on a downscaled
+frame), ``mode="all"`` links the boxes of consecutive frames into tracks and keeps the largest
+tracks, and crops are centred on the landmarks when the detector gives them.
 """
 from __future__ import annotations
 
@@ -57,6 +69,22 @@ def _downscale(rgb: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float
 def _check_rgb(rgb: np.ndarray) -> None:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {rgb.dtype} {rgb.shape}")
+
+
+LANDMARKS = ("left eye", "right eye", "nose", "mouth left", "mouth right")  # image left/right, not the person's
+
+
+def _no_landmarks(n: int = 0) -> np.ndarray:
+    return np.full((n, len(LANDMARKS), 2), np.nan, dtype=np.float32)
+
+
+def detect_faces(detector: FaceDetector, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(boxes [n, 5], landmarks [n, 5, 2])`` of any detector; NaN landmarks when it has none."""
+    if hasattr(detector, "detect_landmarks"):
+        boxes, landmarks = detector.detect_landmarks(rgb)
+        return np.asarray(boxes, np.float32).reshape(-1, 5), np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
+    boxes = np.asarray(detector.detect(rgb), np.float32).reshape(-1, 5)
+    return boxes, _no_landmarks(len(boxes))
 
 
 # --- Haar cascade ---------------------------------------------------------------------------
@@ -192,6 +220,14 @@ def yunet_output_to_boxes(faces: np.ndarray | None, scale: float = 1.0) -> np.nd
     return np.column_stack([boxes, faces[:, 14]]).astype(np.float32)
 
 
+def yunet_output_to_landmarks(faces: np.ndarray | None, scale: float = 1.0) -> np.ndarray:
+    """The five landmarks of YuNet's rows (right eye, left eye, nose, right and left mouth corner of
+    the person: image left first, as ``LANDMARKS``) -> ``[n, 5, 2]``."""
+    if faces is None or len(faces) == 0:
+        return _no_landmarks()
+    return (np.asarray(faces, np.float32)[:, 4:14].reshape(-1, 5, 2) * scale).astype(np.float32)
+
+
 class YuNetDetector:
     """OpenCV YuNet face detector (``cv2.FaceDetectorYN``, ONNX weights, ~340 KB)."""
 
@@ -220,8 +256,68 @@ class YuNetDetector:
         _, faces = self.net.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
         return yunet_output_to_boxes(faces, back)
 
+    def detect_landmarks(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _check_rgb(rgb)
+        small, back = _downscale(rgb, self.max_side)
+        self.net.setInputSize((small.shape[1], small.shape[0]))
+        _, faces = self.net.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+        return yunet_output_to_boxes(faces, back), yunet_output_to_landmarks(faces, back)
+
+
+# --- MTCNN from facenet-pytorch (weights inside the wheel) ----------------------------------
+
+
+MTCNN_PACKAGE = "facenet-pytorch==2.6.0"
+
+
+class MtcnnDetector:
+    """MTCNN (P-, R- and O-Net cascade) of ``facenet-pytorch``, on CPU unless told otherwise.
+
+    Runs on the frame downscaled so its longer side is ``max_side`` (detection cost grows with the
+    pixel count; DFDC's winners detected on downscaled frames too), ignoring faces smaller than
+    ``min_face_frac`` of that side (at least 20 px): the image pyramid starts at that size, so a
+    larger minimum is faster.  Measured on the two real 1080p DFDC clips at 32 frames, one thread:
+    640 px / 40 px faces found the face in 28 and 32 of 32 frames in 0.8 and 1.8 s (the misses are
+    recovered by `extract_faces`' second look); 1920 px found 31 of 32 in 3.0 s.  ``score`` is
+    O-Net's face probability.
+    """
+
+    def __init__(self, *, max_side: int | None = 640, min_face_frac: float = 0.0625,
+                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), factor: float = 0.709,
+                 device: str = "cpu"):
+        try:
+            from facenet_pytorch import MTCNN
+        except ImportError as exc:
+            raise MissingWeightsError(
+                f"faces.detector=mtcnn needs {MTCNN_PACKAGE}, whose wheel carries the MTCNN weights "
+                f"({exc}). Install it without its dependencies (it pins torch 2.2): "
+                f".venv/bin/pip install --no-deps {MTCNN_PACKAGE}; ./run.sh does so from requirements-nodeps.txt"
+            ) from None
+        self.max_side, self.min_face_frac = max_side, float(min_face_frac)
+        self.net = MTCNN(keep_all=True, device=device, thresholds=list(thresholds), factor=factor,
+                         select_largest=False, post_process=False)
+
+    def detect_landmarks(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _check_rgb(rgb)
+        small, back = _downscale(rgb, self.max_side)
+        self.net.min_face_size = max(20, round(self.min_face_frac * max(small.shape[:2])))
+        boxes, probs, points = self.net.detect(np.ascontiguousarray(small), landmarks=True)
+        if boxes is None or len(boxes) == 0:
+            return _no_boxes(), _no_landmarks()
+        h, w = rgb.shape[:2]
+        boxes = np.asarray(boxes, np.float32) * back
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes = np.column_stack([boxes, np.asarray(probs, np.float32).reshape(-1)])[keep]
+        return boxes.astype(np.float32), (np.asarray(points, np.float32) * back)[keep].reshape(-1, 5, 2)
+
+    def detect(self, rgb: np.ndarray) -> np.ndarray:
+        return self.detect_landmarks(rgb)[0]
+
 
 DETECTORS = Registry("face detector", keys=("faces.detector",), also=("auto",))
+DETECTORS.add("mtcnn", MtcnnDetector)
 DETECTORS.add("haar", HaarDetector)
 DETECTORS.add("ssd", SsdResNetDetector)
 DETECTORS.add("yunet", YuNetDetector)
@@ -235,22 +331,31 @@ def create_detector(name: str, **kwargs) -> FaceDetector:
 # --- crops ----------------------------------------------------------------------------------
 
 
-def crop_face(rgb: np.ndarray, box, margin: float = 0.3, size: int = 224) -> np.ndarray:
+def _crop_window(height: int, width: int, box, margin: float) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of ``box`` grown by ``margin`` on each side, clipped to the image."""
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    bw, bh = x2 - x1, y2 - y1
+    if bw <= 0 or bh <= 0:
+        raise ValueError(f"empty face box {tuple(box[:4])}")
+    left = int(np.clip(np.floor(x1 - margin * bw), 0, width - 1))
+    top = int(np.clip(np.floor(y1 - margin * bh), 0, height - 1))
+    right = int(np.clip(np.ceil(x2 + margin * bw), left + 1, width))
+    bottom = int(np.clip(np.ceil(y2 + margin * bh), top + 1, height))
+    return left, top, right, bottom
+
+
+def crop_face(rgb: np.ndarray, box, margin: float = 0.3, size: int = 224,
+              points: np.ndarray | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Square ``[size, size, 3]`` crop around ``box`` (x1, y1, x2, y2[, score]).
 
     Each side of the box grows by ``margin`` times the box's width (left/right) or height
     (top/bottom), the result is clipped to the image, resized isotropically so its longer
     side is ``size``, and centred on a black square (zero padding) - faces keep their shape.
+    With ``points`` (frame coordinates ``[k, 2]``, e.g. landmarks) it returns ``(crop, points in
+    crop coordinates)``.
     """
     h, w = rgb.shape[:2]
-    x1, y1, x2, y2 = (float(v) for v in box[:4])
-    bw, bh = x2 - x1, y2 - y1
-    if bw <= 0 or bh <= 0:
-        raise ValueError(f"empty face box {tuple(box[:4])}")
-    left = int(np.clip(np.floor(x1 - margin * bw), 0, w - 1))
-    top = int(np.clip(np.floor(y1 - margin * bh), 0, h - 1))
-    right = int(np.clip(np.ceil(x2 + margin * bw), left + 1, w))
-    bottom = int(np.clip(np.ceil(y2 + margin * bh), top + 1, h))
+    left, top, right, bottom = _crop_window(h, w, box, margin)
     patch = rgb[top:bottom, left:right]
     ph, pw = patch.shape[:2]
     scale = size / max(ph, pw)
@@ -260,16 +365,39 @@ def crop_face(rgb: np.ndarray, box, margin: float = 0.3, size: int = 224) -> np.
     out = np.zeros((size, size, 3), dtype=rgb.dtype)
     oy, ox = (size - new_h) // 2, (size - new_w) // 2
     out[oy : oy + new_h, ox : ox + new_w] = patch
-    return out
+    if points is None:
+        return out
+    points = np.asarray(points, np.float32)
+    mapped = (points - np.array([left, top], np.float32)) * np.array([new_w / pw, new_h / ph], np.float32)
+    return out, (mapped + np.array([ox, oy], np.float32)).astype(np.float32)
+
+
+def landmark_box(box, landmarks: np.ndarray) -> np.ndarray:
+    """A square box as large as ``box``'s longer side, centred on the landmarks' centroid.
+
+    Why: boxes of one face jitter from frame to frame and between detectors, the landmarks much
+    less, so crops centred on them put eyes and mouth at nearly the same place in every crop.
+    Without valid landmarks, ``box`` itself.
+    """
+    box = np.asarray(box, np.float32)
+    if landmarks is None or not np.isfinite(landmarks).all():
+        return box
+    side = float(max(box[2] - box[0], box[3] - box[1]))
+    cx, cy = (float(v) for v in np.asarray(landmarks, np.float32).mean(axis=0))
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2, *box[4:]], np.float32)
 
 
 class FaceCrop(NamedTuple):
-    """One face from one frame; unpacks as ``(frame_idx, face_idx, crop, score)``."""
+    """One face from one frame; unpacks as ``(frame_idx, face_idx, crop, score)``; ``landmarks``
+    ``[5, 2]`` in crop pixels (NaN when the detector gives none) and ``second_look`` (found by
+    the search around a neighbouring frame's face) come after."""
 
     frame_idx: int
     face_idx: int
     crop: np.ndarray
     score: float
+    landmarks: np.ndarray = _no_landmarks(1)[0]
+    second_look: bool = False
 
 
 FALLBACK_SCORE = 0.0  # score of centre crops used when a video has no detected face
@@ -283,6 +411,63 @@ def centre_box(height: int, width: int, margin: float) -> np.ndarray:
 
 
 EXTRACT_MODES = ("largest", "all")
+SEARCH_GROWTH = 1.0  # the second look searches the neighbour's box grown by its size on every side
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _area(box: np.ndarray) -> float:
+    return float((box[2] - box[0]) * (box[3] - box[1]))
+
+
+def second_look(frame: np.ndarray, detector: FaceDetector, near_box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Search ``frame`` again, at full resolution, in the region around ``near_box`` (the face of a
+    nearby frame): a face the downscaled first pass missed is found at a fraction of a full-frame
+    pass's cost. Boxes and landmarks in frame coordinates."""
+    h, w = frame.shape[:2]
+    left, top, right, bottom = _crop_window(h, w, near_box, SEARCH_GROWTH)
+    boxes, landmarks = detect_faces(detector, np.ascontiguousarray(frame[top:bottom, left:right]))
+    offset = np.array([left, top], np.float32)
+    if len(boxes):
+        boxes = boxes.copy()
+        boxes[:, 0:2] += offset
+        boxes[:, 2:4] += offset
+        landmarks = landmarks + offset
+    return boxes, landmarks
+
+
+def link_tracks(boxes_per_frame: list[np.ndarray], min_iou: float = 0.3) -> list[np.ndarray]:
+    """Per frame, the track index of each box: a box joins the track whose last box (in an earlier
+    frame) overlaps it most (IoU >= ``min_iou``, one box per track and frame), else starts one.
+    Tracks are numbered by total box area, largest first, so track 0 is the main face."""
+    last: list[np.ndarray] = []
+    area: list[float] = []
+    raw: list[np.ndarray] = []
+    for boxes in boxes_per_frame:
+        ids = np.full(len(boxes), -1, np.int64)
+        taken: set[int] = set()
+        for b in np.argsort([-_area(x) for x in boxes], kind="stable"):
+            overlaps = [(_iou(boxes[b], last[t]), t) for t in range(len(last)) if t not in taken]
+            best = max(overlaps, default=(0.0, -1))
+            if best[0] >= min_iou:
+                t = best[1]
+            else:
+                t = len(last)
+                last.append(boxes[b])
+                area.append(0.0)
+            ids[b] = t
+            taken.add(t)
+            last[t] = boxes[b]
+            area[t] += _area(boxes[b])
+        raw.append(ids)
+    rank = {t: r for r, t in enumerate(sorted(range(len(area)), key=lambda t: (-area[t], t)))}
+    return [np.array([rank[t] for t in ids], np.int64) for ids in raw]
 
 
 def extract_faces(
@@ -292,29 +477,47 @@ def extract_faces(
     margin: float = 0.3,
     size: int = 224,
     mode: str = "largest",
+    max_faces: int = 2,
+    second_looks: bool = True,
 ) -> list[FaceCrop]:
     """Detect and crop faces in every frame.
 
     ``mode="largest"`` keeps the largest box per frame (DFDC videos mostly show one subject;
-    the biggest face is usually the one that was swapped); ``"all"`` keeps every box,
-    ``face_idx`` ranking them by score.  Frames without a face are skipped.  If no frame has
-    a face, every frame contributes its largest centred square instead, with score 0.0
+    the biggest face is usually the one that was swapped); ``"all"`` links boxes across frames
+    into tracks (``link_tracks``) and keeps the ``max_faces`` largest tracks, ``face_idx`` being the
+    track's rank.  A frame with no face is searched again around the nearest frame's face
+    (``second_look``, unless ``second_looks=False``); frames still without one are skipped.  If no
+    frame has a face, every frame contributes its largest centred square instead, with score 0.0
     (``FALLBACK_SCORE``) so callers can tell - a prediction is still needed for such videos.
+    Crops are centred on the landmarks when the detector gives them (``landmark_box``).
     """
     if mode not in EXTRACT_MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {EXTRACT_MODES}")
+    frames = list(frames)
+    found = [detect_faces(detector, frame) for frame in frames]
+    looked = [False] * len(frames)
+    hits = [i for i, (boxes, _) in enumerate(found) if len(boxes)]
+    if second_looks and hits:
+        for i in range(len(frames)):
+            if len(found[i][0]):
+                continue
+            j = min(hits, key=lambda k: (abs(k - i), k))
+            near = found[j][0][int(np.argmax([_area(b) for b in found[j][0]]))]
+            boxes, landmarks = second_look(frames[i], detector, near)
+            if len(boxes):
+                found[i], looked[i] = (boxes, landmarks), True
+    if mode == "largest":
+        keep = [[int(np.argmax([_area(b) for b in boxes]))] if len(boxes) else [] for boxes, _ in found]
+        ranks = [np.zeros(len(k), np.int64) for k in keep]
+    else:
+        tracks = link_tracks([boxes for boxes, _ in found])
+        keep = [[int(b) for b in np.argsort(ids, kind="stable") if ids[b] < max_faces] for ids in tracks]
+        ranks = [ids[k] for ids, k in zip(tracks, keep)]
     crops: list[FaceCrop] = []
-    for frame_idx, frame in enumerate(frames):
-        boxes = detector.detect(frame)
-        if len(boxes) == 0:
-            continue
-        if mode == "largest":
-            areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            boxes = boxes[[int(np.argmax(areas))]]
-        else:
-            boxes = boxes[np.argsort(-boxes[:, 4], kind="stable")]
-        for face_idx, box in enumerate(boxes):
-            crops.append(FaceCrop(frame_idx, face_idx, crop_face(frame, box, margin, size), float(box[4])))
+    for frame_idx, (frame, (boxes, landmarks), chosen, rank) in enumerate(zip(frames, found, keep, ranks)):
+        for b, face_idx in zip(chosen, rank):
+            crop, points = crop_face(frame, landmark_box(boxes[b], landmarks[b]), margin, size, points=landmarks[b])
+            crops.append(FaceCrop(frame_idx, int(face_idx), crop, float(boxes[b][4]), points, looked[frame_idx]))
     if not crops:
         for frame_idx, frame in enumerate(frames):
             box = centre_box(frame.shape[0], frame.shape[1], margin)

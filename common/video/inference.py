@@ -13,7 +13,10 @@ Steps, each a small function so training can tune what inference applies:
    confident mistake without bound), both tuned on out-of-fold predictions.
 
 It never crashes on a bad video: an unreadable file gets 0.5 (the log loss of knowing nothing,
-0.693) and an `UnreadableVideoWarning` naming the file. It imports neither albumentations nor the
+0.693) and an `UnreadableVideoWarning` naming the file; a video in which no sampled frame shows a
+face gets the run's prior (`calibration.json`'s `prior`: 0.5 under the class-balanced objective,
+the out-of-fold share of positives under plain log loss) instead of a guess from centre crops.
+Every answered video leaves a detection record (`detection_table`, `detection_line`). It imports neither albumentations nor the
 trainer, so the Kaggle kernel needs only torch, timm, OpenCV, numpy, pandas and PyYAML.
 """
 from __future__ import annotations
@@ -195,6 +198,7 @@ class VideoPredictor:
         self.progress = progress
         self._extractor = extractor
         self.failures: list[str] = []  # videos answered UNKNOWN
+        self.records: list[dict] = []   # per video: sampled frames, frames with a face, how it was answered
 
     @classmethod
     def load(cls, weights_dir: str | Path, fold_dirs: Sequence[Path] | None = None, *, cfg=None, device=None,
@@ -247,23 +251,70 @@ class VideoPredictor:
         c = self.calibration
         return calibrate(raw, c["temperature"], c["clip_eps"])
 
-    def predict_faces(self, faces: Sequence[VideoFaces | None]) -> np.ndarray:
+    @property
+    def prior(self) -> float:
+        return float(self.calibration.get("prior", UNKNOWN))
+
+    def _record(self, path, faces: VideoFaces | None, error: str | None = None) -> None:
+        sampled = int(self.cfg.video.frames) if faces is None or faces.frames is None else int(faces.frames)
+        found = 0 if faces is None else faces.frames_with_face
+        how = "unreadable" if faces is None else ("model" if faces.found_faces else "prior (no face)")
+        self.records.append({"video": Path(str(path)).name, "frames_sampled": sampled, "frames_with_face": found,
+                             "second_looks": 0 if faces is None else int(faces.second_look.sum()),
+                             "crops": 0 if faces is None else len(faces), "answered_by": how,
+                             "error": error or ""})
+
+    def _answer(self, faces: VideoFaces) -> float:
+        if not faces.found_faces:
+            return self.prior
+        return float(self.finish([self.raw_probability(faces)])[0])
+
+    def predict_faces(self, faces: Sequence[VideoFaces | None], paths: Sequence | None = None) -> np.ndarray:
         """Calibrated probabilities for already extracted faces (None = unreadable -> 0.5)."""
-        raw = [UNKNOWN if f is None else self.raw_probability(f)
-               for f in tqdm(faces, desc="classify", disable=not self.progress, leave=False)]
-        out = self.finish(raw)
-        out[[f is None for f in faces]] = UNKNOWN
+        paths = list(paths) if paths is not None else [f"video{i}" for i in range(len(faces))]
+        out = np.empty(len(faces))
+        for i, (f, path) in enumerate(tqdm(list(zip(faces, paths)), desc="classify", disable=not self.progress,
+                                           leave=False)):
+            out[i] = UNKNOWN if f is None else self._answer(f)
+            self._record(path, f, None if f is not None else "unreadable when the face cache was built")
         return out
 
     def predict_video(self, path: str | Path) -> float:
         """One video file -> calibrated P(positive); 0.5 and a warning if anything goes wrong."""
         try:
-            return float(self.finish([self.raw_probability(self.extractor(path))])[0])
+            faces = self.extractor(path)
+            answer = self._answer(faces)
         except Exception as exc:  # noqa: BLE001 - one bad file must not cost the whole submission
             self.failures.append(str(path))
             problem = str(exc) if str(path) in str(exc) else f"{path}: {exc.__class__.__name__}: {exc}"
             warnings.warn(f"{problem}; predicting {UNKNOWN}", UnreadableVideoWarning, stacklevel=2)
+            self._record(path, None, problem)
             return UNKNOWN
+        self._record(path, faces)
+        return answer
+
+    def detection_table(self):
+        """One row per answered video: frames sampled, frames with a detected face, second looks,
+        crops, and whether the model, the prior (no face) or 0.5 (unreadable) answered it."""
+        import pandas as pd
+
+        return pd.DataFrame(self.records, columns=["video", "frames_sampled", "frames_with_face", "second_looks",
+                                                   "crops", "answered_by", "error"])
+
+    def detection_line(self) -> str:
+        """`faces: found in <pct>% of <n> sampled frames`, with the videos answered without a face."""
+        table = self.detection_table()
+        sampled, found = int(table.frames_sampled.sum()), int(table.frames_with_face.sum())
+        line = f"faces: found in {100.0 * found / max(sampled, 1):.1f}% of {sampled} sampled frames"
+        line += f" ({len(table)} videos"
+        prior = int((table.answered_by == "prior (no face)").sum())
+        if prior:
+            line += f"; {prior} without any face answered the prior {self.prior:.3f}"
+        bad = table[table.answered_by == "unreadable"]
+        if len(bad):
+            line += f"; {len(bad)} unreadable answered {UNKNOWN}: {', '.join(bad.video.head(20))}"
+            line += " ..." if len(bad) > 20 else ""
+        return line + ")"
 
     def predict(self, paths: Sequence[str | Path], desc: str = "predict videos") -> np.ndarray:
         return np.array([self.predict_video(p) for p in tqdm(list(paths), desc=desc, disable=not self.progress)])

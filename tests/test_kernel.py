@@ -62,7 +62,7 @@ def test_kernel_folder_is_ready_to_push(kernel):
         assert (kernel / "weights" / name).is_file(), name
     assert json.loads((kernel / "weights" / "dataset-metadata.json").read_text())["id"] == f"tester/{SLUG}-weights"
     wheels = kernel / "wheels"
-    assert (wheels / WHEELS_LIST).read_text().split() == ["timm", "av"]
+    assert (wheels / WHEELS_LIST).read_text().split() == ["timm", "av", "facenet-pytorch"]
     assert "pip download" in (wheels / "NOTE.md").read_text() and not list(wheels.glob("*.whl"))
     assert "kaggle kernels push -p" in (kernel / "README.md").read_text()
 

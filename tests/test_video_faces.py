@@ -353,3 +353,23 @@ def test_yunet_landmarks_are_scaled_rows():
     points = yunet_output_to_landmarks(row, scale=2.0)
     assert points.shape == (1, 5, 2)
     np.testing.assert_allclose(points[0, 0], [30, 60]) and np.testing.assert_allclose(points[0, 4], [58, 100])
+
+
+def test_detect_every_searches_whole_frames_only_every_k_th():
+    class _Counting(_FixedDetector):
+        def __init__(self, boxes):
+            super().__init__(boxes)
+            self.shapes = []
+
+        def detect(self, rgb):
+            self.shapes.append(rgb.shape[:2])
+            return super().detect(rgb)
+
+    frames = np.full((6, 240, 320, 3), 90, np.uint8)
+    detector = _Counting([[150, 120, 210, 200, 0.9]])
+    crops = extract_faces(frames, detector, size=32, detect_every=3)
+    assert [c.frame_idx for c in crops] == list(range(6))
+    whole = [i for i, shape in enumerate(detector.shapes) if shape == (240, 320)]
+    assert len(detector.shapes) == 6 and whole == [0, 1]  # frames 0 and 3 whole (detected first), 4 windows
+    with pytest.raises(ValueError, match="detect_every"):
+        extract_faces(frames, detector, detect_every=0)

@@ -42,7 +42,7 @@ from common.video.blend import SelfBlendAugment
 from common.video.calibration import (balanced_log_loss, evaluate_oof, reliability_plot, roc_auc,
                                       video_probabilities)
 from common.video.crops import FaceCropDataset
-from common.video.face_cache import CropReader, FaceCache, FaceExtractor, crop_size
+from common.video.face_cache import CropReader, FaceCache, FaceExtractor, crop_size, stored_landmarks
 from common.video.inference import FrameLogit, VideoPredictor, build_classifier, crop_logits, sigmoid
 
 BLEND_MODES = ("none", "augment", "only")
@@ -78,14 +78,17 @@ class VideoData:
         self.train = train[~bad_train].reset_index(drop=True)
         if self.train.empty:
             raise DataError(f"{root}: no readable training video")
-        parts, found = [], []
+        parts, found, points = [], [], []
         for row, path in enumerate(self.train.path):  # one row per cached training crop
             meta = self.cache.meta(path)
             found.append(bool(meta.get("found_faces", True)))
-            parts.append(pd.DataFrame({"video": row, "k": np.arange(len(meta["frame_idx"])),
-                                       "frame_idx": meta["frame_idx"]}))
+            n = len(meta["frame_idx"])
+            parts.append(pd.DataFrame({"video": row, "k": np.arange(n), "frame_idx": meta["frame_idx"]}))
+            stored = stored_landmarks(meta)
+            points.append(np.full((n, 5, 2), np.nan, np.float32) if stored is None else stored)
         self.train["found_faces"] = found
         self.crops = pd.concat(parts, ignore_index=True)
+        self.landmarks = np.concatenate(points)  # [crops, 5, 2] in crop pixels, aligned with self.crops
         self.reader = CropReader([self.cache.crop_file(p) for p in self.train.path])
         return self
 
@@ -93,6 +96,10 @@ class VideoData:
         """(video row, crop index) pairs and labels of every crop of the given videos."""
         chosen = self.crops[self.crops.video.isin(rows)]
         return chosen[["video", "k"]].to_numpy(), self.train.label.to_numpy()[chosen.video.to_numpy()]
+
+    def item_landmarks(self, rows: np.ndarray) -> np.ndarray:
+        """The landmarks of `items(rows)`' crops, in the same order ([n, 5, 2], NaN where none)."""
+        return self.landmarks[np.flatnonzero(self.crops.video.isin(rows).to_numpy())]
 
 
 def detect(comp, cfg) -> VideoData:
@@ -196,7 +203,8 @@ class Video(Task):
         seed_everything(cfg.seed + fold)
         blend = SelfBlendAugment(p=cfg.blend.p, seed=cfg.seed + fold) if cfg.blend.mode != "none" else None
         dataset = FaceCropDataset(self.data.reader, items, item_labels, build_transform(cfg.augment.train,
-                                                                                        crop_size(cfg)), blend)
+                                                                                        crop_size(cfg)), blend,
+                                  landmarks=self.data.item_landmarks(train_rows))
         weights = class_weights(item_labels) if cfg.train.class_weights else (1.0, 1.0)
         loader = make_loader(cfg, dataset, item_labels, seed=cfg.seed + fold, default=self.default_sampler,
                              blend_p=blend.p if blend is not None else 0.0)

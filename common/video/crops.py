@@ -10,12 +10,23 @@ from common.video.face_cache import CropReader
 
 
 class FaceCropDataset(Dataset):
-    """Cached crops `(video, k)` with their video's label; optionally self-blended into fakes first."""
+    """Cached crops `(video, k)` with their video's label; optionally self-blended into fakes first.
+
+    ``landmarks`` (optional, float32 ``[len(items), 5, 2]``, aligned with ``items``): each crop's
+    five landmarks in crop pixels (``common.video.faces.LANDMARKS``), handed to ``blend`` so the
+    self-blend mask follows the face; rows of NaN (no landmarks) get the blend's ellipse.  Without
+    the array, ``blend`` is called as ``blend(image=...)`` alone, as before landmarks existed.
+    """
 
     def __init__(self, reader: CropReader, items: np.ndarray, labels: np.ndarray, transform,
-                 blend: SelfBlendAugment | None = None):
+                 blend: SelfBlendAugment | None = None, landmarks: np.ndarray | None = None):
         self.reader, self.items, self.labels = reader, np.asarray(items), np.asarray(labels, np.float32)
         self.transform, self.blend = transform, blend
+        if landmarks is not None:
+            landmarks = np.asarray(landmarks, np.float32)
+            if landmarks.shape != (len(self.items), 5, 2):
+                raise ValueError(f"landmarks must be [len(items)={len(self.items)}, 5, 2], got {landmarks.shape}")
+        self.landmarks = landmarks
 
     def __len__(self) -> int:
         return len(self.items)
@@ -24,6 +35,9 @@ class FaceCropDataset(Dataset):
         video, k = (int(v) for v in self.items[i])
         image, label = self.reader(video, k), float(self.labels[i])
         if self.blend is not None and label == 0.0:  # only real faces become self-blended fakes
-            out = self.blend(image=image)
+            if self.landmarks is None:
+                out = self.blend(image=image)
+            else:
+                out = self.blend(image=image, landmarks=self.landmarks[i])
             image, label = out["image"], float(out["label"])
         return self.transform(image=image)["image"], torch.tensor(label, dtype=torch.float32)

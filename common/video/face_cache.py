@@ -114,7 +114,7 @@ class FaceExtractor:
 
     def __init__(self, *, frames: int, size: int, margin: float = 0.3, mode: str = "largest",
                  detector: str = "haar", weights_dir: str | None = None, backend: str = DEFAULT_BACKEND,
-                 max_faces: int = 2):
+                 max_faces: int = 2, detect_every: int = 1):
         if mode not in EXTRACT_MODES:
             raise ConfigError(f"faces.mode={mode}; choose from {', '.join(EXTRACT_MODES)}")
         if backend not in BACKENDS:
@@ -124,21 +124,24 @@ class FaceExtractor:
         self.frames, self.size, self.margin, self.mode, self.backend = int(frames), int(size), float(margin), mode, backend
         if int(max_faces) < 1:
             raise ConfigError(f"faces.max_faces={max_faces}; at least 1")
-        self.weights_dir, self.max_faces = weights_dir, int(max_faces)
+        if int(detect_every) < 1:
+            raise ConfigError(f"faces.detect_every={detect_every}; at least 1")
+        self.weights_dir, self.max_faces, self.detect_every = weights_dir, int(max_faces), int(detect_every)
         self.detector_name, self.detector = resolve_detector(detector, weights_dir)
 
     @classmethod
     def from_config(cls, cfg) -> "FaceExtractor":
         return cls(frames=cfg.video.frames, size=crop_size(cfg), margin=cfg.faces.margin, mode=cfg.faces.mode,
                    detector=cfg.faces.detector, weights_dir=cfg.faces.get("weights_dir"), backend=cfg.video.backend,
-                   max_faces=cfg.faces.get("max_faces", 2))
+                   max_faces=cfg.faces.get("max_faces", 2), detect_every=cfg.faces.get("detect_every", 1))
 
     def settings(self) -> dict:
         """Everything that changes the crops; its hash names the cache folder. The backend belongs
         here: OpenCV and PyAV do not decode (convert to RGB) every video to the same pixels."""
         return {"frames": self.frames, "size": self.size, "margin": self.margin, "mode": self.mode,
                 "detector": self.detector_name, "backend": self.backend, "extract": EXTRACT_VERSION,
-                **({"max_faces": self.max_faces} if self.mode == "all" else {})}
+                **({"max_faces": self.max_faces} if self.mode == "all" else {}),
+                **({"detect_every": self.detect_every} if self.detect_every > 1 else {})}
 
     def read(self, path: str | Path) -> np.ndarray:
         """The sampled frames (raises `VideoReadError` naming the file)."""
@@ -146,7 +149,7 @@ class FaceExtractor:
 
     def faces_in(self, frames: np.ndarray) -> VideoFaces:
         found = extract_faces(frames, self.detector, margin=self.margin, size=self.size, mode=self.mode,
-                              max_faces=self.max_faces)
+                              max_faces=self.max_faces, detect_every=self.detect_every)
         return VideoFaces(crops=np.stack([f.crop for f in found]),
                           frame_idx=np.array([f.frame_idx for f in found], np.int32),
                           face_idx=np.array([f.face_idx for f in found], np.int32),
@@ -226,7 +229,7 @@ class FaceCache:
             e = self.extractor
             self._local.extractor = FaceExtractor(frames=e.frames, size=e.size, margin=e.margin, mode=e.mode,
                                                   detector=e.detector_name, weights_dir=e.weights_dir, backend=e.backend,
-                                                  max_faces=e.max_faces)
+                                                  max_faces=e.max_faces, detect_every=e.detect_every)
         return self._local.extractor
 
     def _detect_one(self, path: str) -> str | None:

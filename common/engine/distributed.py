@@ -7,6 +7,7 @@ slice a global batch so that N processes step through exactly the batches one pr
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from typing import Any, Callable, Iterator, Sequence
@@ -80,11 +81,19 @@ def init(cfg) -> torch.device:
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend=backend)
+        # left to the interpreter's exit, gloo's threads can be torn down while running and abort the
+        # process ("terminate called without an active exception") after a finished run
+        atexit.register(_leave_process_group)
         if not is_main():  # one voice in the log
             sys.stdout = open(os.devnull, "w")
     if torch.cuda.is_available() and cfg["gpus"] != 0:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+def _leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -49,7 +49,7 @@ import yaml
 
 from bench.datasets import (NEW_WHALE, ONE_FOLD, OMNIGLOT_ZIPS, ORL_DIR, write_omniglot_whale_format,
                             write_orl_whale_format)
-from bench.options import split_options
+from bench.options import name_list, split_options
 from common.core.config import load_config
 from common.core.errors import ConfigError, DataError
 from common.core.paths import REPO_ROOT
@@ -105,19 +105,12 @@ OPTIONS = {"datasets": "orl,small1", "methods": "all", "out": "outputs/bench", "
 def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
     """Split `key=value` arguments into bench options and whale config overrides."""
     options, pairs = split_options(argv, OPTIONS)
-    for key in ("datasets", "methods"):
-        value = options[key]
-        options[key] = [str(v).strip() for v in (value.split(",") if isinstance(value, str) else value)]
     seeds = options["seeds"]
     if seeds is not None:
         seeds = seeds.split(",") if isinstance(seeds, str) else seeds if isinstance(seeds, list) else [seeds]
         options["seeds"] = [int(seed) for seed in seeds]
-    if options["methods"] == ["all"]:
-        options["methods"] = list(METHODS)
-    for key, known in (("datasets", DATASETS), ("methods", METHODS)):
-        unknown = [name for name in options[key] if name not in known]
-        if unknown:
-            raise ConfigError(f"unknown {key[:-1]} {', '.join(unknown)}; choose from {', '.join(known)}")
+    options["datasets"] = name_list(options, "datasets", DATASETS)
+    options["methods"] = name_list(options, "methods", METHODS, all_means_known=True)
     return options, [f"{k}={v}" for k, v in pairs.items()]
 
 

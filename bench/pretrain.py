@@ -42,7 +42,7 @@ import pandas as pd
 
 from bench.datasets import ONE_FOLD
 from bench.heads import closed_set_top1, dataset_summary, finished_run
-from bench.options import split_options
+from bench.options import name_list, split_options
 from common.core.config import load_config
 from common.core.errors import ConfigError, DataError
 from common.core.paths import REPO_ROOT
@@ -117,11 +117,7 @@ def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
     """Split `key=value` arguments into bench options and whale config overrides."""
     options, pairs = split_options(argv, OPTIONS)
     for key, known in (("datasets", DATASETS), ("inits", INITS)):
-        value = options[key]
-        options[key] = [str(v).strip() for v in (value.split(",") if isinstance(value, str) else value)]
-        unknown = [name for name in options[key] if name not in known]
-        if unknown:
-            raise ConfigError(f"unknown {key[:-1]} {', '.join(unknown)}; choose from {', '.join(known)}")
+        options[key] = name_list(options, key, known)
     return options, [f"{k}={v}" for k, v in pairs.items()]
 
 

@@ -71,7 +71,7 @@ import pandas as pd
 from bench.datasets import (ONE_FOLD, OMNIGLOT_ZIPS, ORL_DIR, SHARED_DATA, write_omniglot_whale_format,
                             write_orl_whale_format)
 from bench.heads import _fmt, _maybe_redirect, baseline_row, closed_set_top1, dataset_summary, finished_run
-from bench.options import split_options
+from bench.options import name_list, split_options
 from common.core.config import load_config, save_config
 from common.core.errors import ConfigError, DataError
 from common.core.paths import REPO_ROOT
@@ -154,15 +154,8 @@ OPTIONS = {"datasets": "nyala,orl,omniglot", "rows": "all", "budget": "full", "o
 def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
     """Split `key=value` arguments into bench options and whale config overrides."""
     options, pairs = split_options(argv, OPTIONS)
-    for key in ("datasets", "rows"):
-        value = options[key]
-        options[key] = [str(v).strip() for v in (value.split(",") if isinstance(value, str) else value)]
-    if options["rows"] == ["all"]:
-        options["rows"] = list(ROWS)
-    for key, known in (("datasets", DATASETS), ("rows", ROWS)):
-        unknown = [name for name in options[key] if name not in known]
-        if unknown:
-            raise ConfigError(f"unknown {key[:-1]} {', '.join(unknown)}; choose from {', '.join(known)}")
+    options["datasets"] = name_list(options, "datasets", DATASETS)
+    options["rows"] = name_list(options, "rows", ROWS, all_means_known=True)
     if options["budget"] not in BUDGETS:
         raise ConfigError(f"budget={options['budget']}: choose from {', '.join(BUDGETS)}")
     return options, [f"{k}={v}" for k, v in pairs.items()]

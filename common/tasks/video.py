@@ -84,8 +84,7 @@ class VideoData:
             found.append(bool(meta.get("found_faces", True)))
             n = len(meta["frame_idx"])
             parts.append(pd.DataFrame({"video": row, "k": np.arange(n), "frame_idx": meta["frame_idx"]}))
-            stored = stored_landmarks(meta)
-            points.append(np.full((n, 5, 2), np.nan, np.float32) if stored is None else stored)
+            points.append(stored_landmarks(meta))
         self.train["found_faces"] = found
         self.crops = pd.concat(parts, ignore_index=True)
         self.landmarks = np.concatenate(points)  # [crops, 5, 2] in crop pixels, aligned with self.crops
@@ -279,9 +278,9 @@ class Video(Task):
         predictor = getattr(self, "predictor", None)
         if predictor is None or not predictor.records:
             return
-        table = predictor.detection_table()
-        write_csv_atomic(table, Path(submission).with_suffix(".faces.csv"))
-        print(predictor.detection_line() + f"; per video: {Path(submission).with_suffix('.faces.csv')}", flush=True)
+        counts = Path(submission).with_suffix(".faces.csv")
+        write_csv_atomic(predictor.detection_table(), counts)
+        print(f"{predictor.detection_line()}; per video: {counts}", flush=True)
 
     files_suffixes = frozenset(VIDEO_SUFFIXES)
     export_output = "logits"
@@ -302,7 +301,7 @@ class Video(Task):
             reliability_plot(answers, truth, self.run / "reliability_test.png", "test videos (calibrated)")
         ranking = detection_metrics(truth, np.asarray(answers, dtype=float))
         return {"test_logloss": log_loss(truth, answers), "test_baseline_logloss": log_loss(truth, np.full(len(truth), 0.5)),
-                "test_auc": roc_auc(truth, answers), "test_eer": ranking["eer"], "test_ap": ranking["ap"],
+                "test_auc": ranking["auc"], "test_eer": ranking["eer"], "test_ap": ranking["ap"],
                 "test_videos": len(truth)}
 
     def summary(self, metrics: dict) -> str:

@@ -129,6 +129,12 @@ class FaceExtractor:
         self.weights_dir, self.max_faces, self.detect_every = weights_dir, int(max_faces), int(detect_every)
         self.detector_name, self.detector = resolve_detector(detector, weights_dir)
 
+    def fresh(self) -> "FaceExtractor":
+        """The same settings with a detector of its own (detectors are not guaranteed thread-safe)."""
+        return FaceExtractor(frames=self.frames, size=self.size, margin=self.margin, mode=self.mode,
+                             detector=self.detector_name, weights_dir=self.weights_dir, backend=self.backend,
+                             max_faces=self.max_faces, detect_every=self.detect_every)
+
     @classmethod
     def from_config(cls, cfg) -> "FaceExtractor":
         return cls(frames=cfg.video.frames, size=crop_size(cfg), margin=cfg.faces.margin, mode=cfg.faces.mode,
@@ -226,10 +232,7 @@ class FaceCache:
         if self.workers == 1:
             return self.extractor
         if not hasattr(self._local, "extractor"):
-            e = self.extractor
-            self._local.extractor = FaceExtractor(frames=e.frames, size=e.size, margin=e.margin, mode=e.mode,
-                                                  detector=e.detector_name, weights_dir=e.weights_dir, backend=e.backend,
-                                                  max_faces=e.max_faces, detect_every=e.detect_every)
+            self._local.extractor = self.extractor.fresh()
         return self._local.extractor
 
     def _detect_one(self, path: str) -> str | None:
@@ -310,13 +313,12 @@ class FaceCache:
                           second_look=np.asarray(meta["second_look"], bool) if "second_look" in meta else None)
 
 
-def stored_landmarks(meta: dict) -> np.ndarray | None:
-    """The `.json`'s landmarks as float32 [n, 5, 2] (a crop stored without: NaN); None for entries
-    written before landmarks were stored."""
-    if "landmarks" not in meta:
-        return None
+def stored_landmarks(meta: dict) -> np.ndarray:
+    """The `.json`'s landmarks as float32 [n, 5, 2]; NaN for a crop stored without, and for every crop
+    of an entry written before landmarks were stored."""
     nan = [[np.nan, np.nan]] * 5
-    return np.asarray([nan if p is None else p for p in meta["landmarks"]], np.float32).reshape(-1, 5, 2)
+    points = meta.get("landmarks") or [None] * len(meta["frame_idx"])
+    return np.asarray([nan if p is None else p for p in points], np.float32).reshape(-1, 5, 2)
 
 
 class CropReader:

@@ -428,6 +428,11 @@ def _area(box: np.ndarray) -> float:
     return float((box[2] - box[0]) * (box[3] - box[1]))
 
 
+def _largest(boxes: np.ndarray) -> int:
+    """Index of the largest of ``boxes`` (the first on ties)."""
+    return int(np.argmax([_area(b) for b in boxes]))
+
+
 def second_look(frame: np.ndarray, detector: FaceDetector, near_box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Search ``frame`` again, at full resolution, in the region around ``near_box`` (the face of a
     nearby frame): a face the downscaled first pass missed is found at a fraction of a full-frame
@@ -448,6 +453,13 @@ def second_look(frame: np.ndarray, detector: FaceDetector, near_box: np.ndarray)
         boxes[:, 2:4] += offset
         landmarks = landmarks / scale + offset
     return boxes, landmarks
+
+
+def _look_near(frames: list, detector: FaceDetector, found: list, anchors: list[int], i: int):
+    """``second_look`` in frame ``i`` around the largest face of the nearest frame in ``anchors``
+    (the earlier one on ties)."""
+    j = min(anchors, key=lambda k: (abs(k - i), k))
+    return second_look(frames[i], detector, found[j][0][_largest(found[j][0])])
 
 
 def link_tracks(boxes_per_frame: list[np.ndarray], min_iou: float = 0.3) -> list[np.ndarray]:
@@ -518,9 +530,7 @@ def extract_faces(
             if found[i] is not None:
                 continue
             if anchors:
-                j = min(anchors, key=lambda k: (abs(k - i), k))
-                near = found[j][0][int(np.argmax([_area(b) for b in found[j][0]]))]
-                found[i] = second_look(frame, detector, near)
+                found[i] = _look_near(frames, detector, found, anchors, i)
             if not anchors or not len(found[i][0]):
                 found[i] = detect_faces(detector, frame)
     looked = [False] * len(frames)
@@ -529,13 +539,11 @@ def extract_faces(
         for i in range(len(frames)):
             if len(found[i][0]):
                 continue
-            j = min(hits, key=lambda k: (abs(k - i), k))
-            near = found[j][0][int(np.argmax([_area(b) for b in found[j][0]]))]
-            boxes, landmarks = second_look(frames[i], detector, near)
+            boxes, landmarks = _look_near(frames, detector, found, hits, i)
             if len(boxes):
                 found[i], looked[i] = (boxes, landmarks), True
     if mode == "largest":
-        keep = [[int(np.argmax([_area(b) for b in boxes]))] if len(boxes) else [] for boxes, _ in found]
+        keep = [[_largest(boxes)] if len(boxes) else [] for boxes, _ in found]
         ranks = [np.zeros(len(k), np.int64) for k in keep]
     else:
         tracks = link_tracks([boxes for boxes, _ in found])

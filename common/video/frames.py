@@ -62,6 +62,7 @@ If the preferred backend fails to open or read a file, the other one is tried be
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -319,61 +320,55 @@ def _decode(stream, packets: list, order: list[int] | None, plan: ReadPlan, conv
     return out
 
 
-def _pyav_open(path: Path):
+@contextmanager
+def _pyav_stream(path: Path, doing: str = "decode"):
+    """The open container and its first video stream, closed afterwards; any FFmpeg error while
+    opening or inside the block is a `VideoReadError` naming the file ("PyAV cannot <doing> ...")."""
     import av  # imported lazily: the OpenCV backend does not need it
 
-    container = av.open(str(path))
-    if not container.streams.video:
-        container.close()
-        raise VideoReadError(f"{path}: no video stream")
-    return container, container.streams.video[0]
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoReadError(f"{path}: no video stream")
+            yield container, container.streams.video[0]
+    except av.error.FFmpegError as err:
+        raise VideoReadError(f"{path}: PyAV cannot {doing} this video ({err})") from err
 
 
 def plan_read(path: str | Path, n_frames: int, *, strategy: str = "auto") -> ReadPlan:
     """The PyAV reader's plan for ``read_frames(path, n_frames)``: demuxes, decodes nothing."""
-    import av
-
     path = Path(path)
-    try:
-        container, stream = _pyav_open(path)
-        with container:
-            packets = _demux(container, stream)
-            return _make_plan(packets, _display_order(packets), stream.frames or 0, n_frames, strategy,
-                              stream.codec_context.name)
-    except av.error.FFmpegError as err:
-        raise VideoReadError(f"{path}: PyAV cannot read this video ({err})") from err
+    with _pyav_stream(path, "read") as (container, stream):
+        packets = _demux(container, stream)
+        return _make_plan(packets, _display_order(packets), stream.frames or 0, n_frames, strategy,
+                          stream.codec_context.name)
 
 
 def _read_pyav(path: Path, n_frames: int, max_side: int | None, *, threads: int | None = None,
                strategy: str = "auto") -> list[np.ndarray]:
-    import av
     from av.video.reformatter import VideoReformatter
 
-    try:
-        container, stream = _pyav_open(path)
-        with container:
-            _configure_threads(stream, threads)
-            packets = _demux(container, stream)
-            if not packets:
-                raise VideoReadError(f"{path}: video has no frames")
-            header = stream.frames or 0
-            reformatter = VideoReformatter()  # one scaler context for all kept frames
+    with _pyav_stream(path) as (container, stream):
+        _configure_threads(stream, threads)
+        packets = _demux(container, stream)
+        if not packets:
+            raise VideoReadError(f"{path}: video has no frames")
+        header = stream.frames or 0
+        reformatter = VideoReformatter()  # one scaler context for all kept frames
 
-            def convert(frame) -> np.ndarray:
-                rgb = reformatter.reformat(frame, format="rgb24", threads=threads or 0).to_ndarray()
-                return _resize_max_side(_upright(rgb, _rotation_of(frame, stream)), max_side)
+        def convert(frame) -> np.ndarray:
+            rgb = reformatter.reformat(frame, format="rgb24", threads=threads or 0).to_ndarray()
+            return _resize_max_side(_upright(rgb, _rotation_of(frame, stream)), max_side)
 
-            order = _display_order(packets)
-            plan = _make_plan(packets, order, header, n_frames, strategy, stream.codec_context.name)
-            try:
-                frames = _decode(stream, packets, order, plan, convert)
-            except _Unmappable:  # frame timestamps do not match the packets': read through in order
-                stream.codec_context.flush_buffers()
-                plan = _make_plan(packets, None, header, n_frames, strategy, stream.codec_context.name)
-                frames = _decode(stream, packets, None, plan, convert)
-            return [frames[i] for i in sorted(frames)]
-    except av.error.FFmpegError as err:
-        raise VideoReadError(f"{path}: PyAV cannot decode this video ({err})") from err
+        order = _display_order(packets)
+        plan = _make_plan(packets, order, header, n_frames, strategy, stream.codec_context.name)
+        try:
+            frames = _decode(stream, packets, order, plan, convert)
+        except _Unmappable:  # frame timestamps do not match the packets': read through in order
+            stream.codec_context.flush_buffers()
+            plan = _make_plan(packets, None, header, n_frames, strategy, stream.codec_context.name)
+            frames = _decode(stream, packets, None, plan, convert)
+        return [frames[i] for i in sorted(frames)]
 
 
 BACKENDS: dict[str, Callable[..., list[np.ndarray]]] = {
@@ -436,15 +431,9 @@ def decode_all(path: str | Path, *, backend: str = DEFAULT_BACKEND, threads: int
         finally:
             cap.release()
         return count
-    import av
-
-    try:
-        container, stream = _pyav_open(path)
-        with container:
-            _configure_threads(stream, threads)
-            return sum(1 for _ in container.decode(stream))
-    except av.error.FFmpegError as err:
-        raise VideoReadError(f"{path}: PyAV cannot decode this video ({err})") from err
+    with _pyav_stream(path) as (container, stream):
+        _configure_threads(stream, threads)
+        return sum(1 for _ in container.decode(stream))
 
 
 def video_info(path: str | Path) -> dict:

@@ -196,14 +196,19 @@ class Identification(EmbeddingTask):
         # float32: post-processing is tuned on both, and its "off" candidate must rank exactly as oof.csv does
         np.save(fold_dir / "val_embeddings.npy", query.astype(np.float32))
         np.save(fold_dir / "gallery_embeddings.npy", gallery.astype(np.float32))
+        write_csv_atomic(self.answer_frame(fold, train_rows, val_rows, truth, ranked, scores, best),
+                         fold_dir / self.fold_marker)
+
+    def answer_frame(self, fold: int, train_rows, val_rows, truth, ranked, scores, best) -> pd.DataFrame:
+        """A fold's out-of-fold answers as oof.csv holds them: per held-out image its truth, the ranked
+        identities, the gallery image behind each (the report shows it) and their scores."""
         names = self.train_df.image.to_numpy()
         frame = pd.DataFrame({"image": names[val_rows], "label": self.labels[val_rows],
                               "truth": truth, "fold": fold, "ranked": [" ".join(r) for r in known(ranked)],
-                              # the gallery image behind each ranked identity (the report shows it)
                               "neighbours": [" ".join(names[train_rows[i]] for i in row if i >= 0) for row in best]})
         for r in range(scores.shape[1]):
             frame[f"score{r + 1}"] = scores[:, r]
-        write_csv_atomic(frame, fold_dir / self.fold_marker)
+        return frame
 
     def train_full(self, fold_dirs, run: Path) -> None:
         """`train.full_fit`: one more model on every known training image, for the folds' mean best epoch
@@ -279,16 +284,11 @@ class Identification(EmbeddingTask):
             chosen["fusion"] = fusion.to_dict()
             print(f"fusion on OOF pairs ({same.size} pairs, {int(same.sum())} same): {fusion!r}", flush=True)
         write_json_atomic(run / "postprocess.json", chosen)
-        names = self.train_df.image.to_numpy()
         frames = []
         for a, (sims, ids), (train_rows, val_rows), d in zip(answers, lists, rows, fold_dirs):
             ranked, scores, best = rank_classes(sims, ids, a.gallery_labels, top=5, with_ids=True)
-            frame = pd.DataFrame({"image": names[val_rows], "label": self.labels[val_rows], "truth": a.truth,
-                                  "fold": int(d.name[len("fold"):]), "ranked": [" ".join(r) for r in known(ranked)],
-                                  "neighbours": [" ".join(names[train_rows[i]] for i in row if i >= 0) for row in best]})
-            for r in range(scores.shape[1]):
-                frame[f"score{r + 1}"] = scores[:, r]
-            frames.append(frame)
+            frames.append(self.answer_frame(int(d.name[len("fold"):]), train_rows, val_rows, a.truth,
+                                            ranked, scores, best))
         extra["postprocess"] = postprocess.describe(steps) + (f"; {cfg.infer.verify} fusion" if chosen["fusion"] else "")
         return pd.concat(frames, ignore_index=True), extra
 

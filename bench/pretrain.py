@@ -138,16 +138,18 @@ def frozen_knn(cfg) -> dict:
     from common.data.augment import build_transform
     from common.data.images import ImageDataset
     from common.engine.embed import extract_embeddings
-    from common.tasks.identification import OpenSetRun
+    from common.tasks.identification import Identification
     from common.models.network import create_backbone
     from common.ssl.pretrain import FrozenFeatures, knn_identification, knn_rows
     from competitions.whales import COMPETITION
 
-    state = OpenSetRun(COMPETITION, cfg)
+    # the whale task's own tables and image cache (the engine's OpenSetRun this used is gone)
+    state = Identification(COMPETITION, cfg, Path(cfg.data.root), purpose="predict")
+    state.prepare()
     labels = state.train_df.label.to_numpy(dtype=object)
     rows = knn_rows(labels, NEW_WHALE, int(cfg.ssl.get("knn_images", 2000)), cfg.seed)
     features = FrozenFeatures(create_backbone(cfg.model.backbone, cfg.model.pretrained)).to(state.device)
-    dataset = ImageDataset(state.images, rows, None, build_transform("none", tuple(cfg.data.image_size)))
+    dataset = ImageDataset(state.images.images, rows, None, build_transform("none", tuple(cfg.data.image_size)))
     emb = extract_embeddings(features, dataset, batch_size=cfg.infer.batch_size, device=state.device,
                              desc="kNN check", progress=False)
     return knn_identification(emb, labels[rows])

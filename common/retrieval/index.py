@@ -222,3 +222,9 @@ def rank_classes(
     names = np.append(np.asarray(uniques, dtype=object), None)  # code -1 -> None
     labels = names[out_codes].tolist()
     return (labels, out_scores, out_ids) if with_ids else (labels, out_scores)
+
+
+def known(ranked) -> list[list[str]]:
+    """`rank_classes`' labels without the padding (None) of queries whose neighbours hold fewer than
+    `top` identities."""
+    return [[label for label in row if label is not None] for row in ranked]

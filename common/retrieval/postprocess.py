@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from common.core.registry import Registry
-from common.retrieval.index import build_index, l2_normalize, rank_classes, search
+from common.retrieval.index import build_index, known, l2_normalize, rank_classes, search
 from common.retrieval.new_class import tune_threshold
 from common.retrieval.rerank import database_augmentation, k_reciprocal_rerank, query_expansion
 
@@ -107,7 +107,7 @@ def score(folds: Sequence[FoldAnswers], shortlists: Sequence[tuple[np.ndarray, n
     labels, scores, truth = [], [], []
     for fold, (sims, ids) in zip(folds, shortlists):
         ranked, s = rank_classes(sims, ids, fold.gallery_labels)
-        labels += [[x for x in row if x is not None] for row in ranked]
+        labels += known(ranked)
         scores.append(s)
         truth += fold.truth
     if closed:

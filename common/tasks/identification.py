@@ -29,7 +29,7 @@ from common.losses.objective import build_objective
 from common.metrics import plots
 from common.metrics.scores import map_at_k, roc_curve_pairs, verification_metrics
 from common.models.factory import build_model
-from common.retrieval.index import build_index, rank_classes, search
+from common.retrieval.index import build_index, known, rank_classes, search
 from common.retrieval import postprocess, pseudo
 from common.retrieval.new_class import insert_new_class, tune_threshold
 from common.tasks.base import TASKS, EmbeddingTask
@@ -48,11 +48,6 @@ def rank_against_gallery(gallery_emb, gallery_labels, query_emb, neighbours: int
     index = build_index(gallery_emb)
     sims, ids = search(index, query_emb, neighbours)
     return rank_classes(sims, ids, np.asarray(gallery_labels, dtype=object), top=k, with_ids=with_ids)
-
-
-def known(ranked) -> list[list[str]]:
-    """Ranked labels without the padding of queries whose neighbours hold fewer than k identities."""
-    return [[label for label in row if label is not None] for row in ranked]
 
 
 def first_answer_rates(answers, ranked, truth, new_label: str, prefix: str = "") -> dict:

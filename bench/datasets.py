@@ -49,7 +49,7 @@ MARKER = ".arrangement.json"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ORL_DIR = SHARED_DATA / "orl_faces"
 OMNIGLOT_ZIPS = {name: SHARED_DATA / "omniglot" / f"images_background_{name}.zip" for name in ("small1", "small2")}
-_OMNIGLOT_MEMBER = re.compile(r"(?:^|/)([^/]+)/(character\d+)/(\d+)_(\d+)\.png$")
+OMNIGLOT_MEMBER = re.compile(r"(?:^|/)([^/]+)/(character\d+)/(\d+)_(\d+)\.png$")
 
 
 @dataclass(frozen=True)
@@ -201,6 +201,25 @@ def _zip_reader(archive: zipfile.ZipFile, member: str) -> Callable[[], bytes]:
     return lambda: archive.read(member)
 
 
+def omniglot_drawings(zip_path: str | Path) -> dict[str, dict[str, dict[int, str]]]:
+    """An Omniglot background zip's drawings: alphabet -> character -> drawer -> zip member."""
+    zip_path = Path(zip_path)
+    if not zip_path.is_file():
+        raise DataError(f"{zip_path}: Omniglot zip not found (see ../shared/data/README.md)")
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile:
+        raise DataError(f"{zip_path}: not a zip file") from None
+    found: dict[str, dict[str, dict[int, str]]] = {}
+    with archive:
+        for member in archive.namelist():
+            match = OMNIGLOT_MEMBER.search(member)
+            if match:
+                alphabet, character, _, drawer = match.groups()
+                found.setdefault(alphabet, {}).setdefault(character, {})[int(drawer)] = member
+    return found
+
+
 def write_omniglot_whale_format(zip_path: str | Path, dst: str | Path, *,
                                 n_characters: int | None = None, train_drawers: int = 10, test_drawers: int = 4,
                                 held_out_fraction: float = 0.3, new_whale_train: int | None = None, seed: int = 0) -> Path:
@@ -214,20 +233,10 @@ def write_omniglot_whale_format(zip_path: str | Path, dst: str | Path, *,
     `new_whale`).
     """
     zip_path, dst = Path(zip_path), Path(dst)
-    if not zip_path.is_file():
-        raise DataError(f"{zip_path}: Omniglot zip not found (see ../shared/data/README.md)")
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile:
-        raise DataError(f"{zip_path}: not a zip file") from None
-    with archive:
-        characters: dict[str, dict[int, str]] = {}
-        for member in archive.namelist():
-            match = _OMNIGLOT_MEMBER.search(member)
-            if match:
-                alphabet, character, _, drawer = match.groups()
-                identity = re.sub(r"\s+", "_", f"{alphabet}_{character}")
-                characters.setdefault(identity, {})[int(drawer)] = member
+    characters: dict[str, dict[int, str]] = {
+        re.sub(r"\s+", "_", f"{alphabet}_{character}"): drawers
+        for alphabet, by_character in omniglot_drawings(zip_path).items() for character, drawers in by_character.items()}
+    with zipfile.ZipFile(zip_path) as archive:
         if not characters:
             raise DataError(f"{zip_path}: no Alphabet/characterNN/NNNN_DD.png drawings (is this an Omniglot zip?)")
         drawers = sorted(set.intersection(*(set(d) for d in characters.values())))

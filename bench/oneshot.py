@@ -24,36 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.datasets import SHARED_DATA, write_omniglot_whale_format
+from bench.datasets import OMNIGLOT_MEMBER, SHARED_DATA, omniglot_drawings, write_omniglot_whale_format
 from bench.options import split_options
 from common.core.errors import ConfigError, DataError
 from common.core.paths import REPO_ROOT
 
 SMALL1 = SHARED_DATA / "omniglot" / "images_background_small1.zip"
 SMALL2 = SHARED_DATA / "omniglot" / "images_background_small2.zip"
-MEMBER = re.compile(r"(?:^|/)([^/]+)/(character\d+)/(\d+)_(\d+)\.png$")
 OPTIONS = {"runs": 20, "way": 20, "seed": 0, "out": "outputs/bench", "threads": 1, "label": None}
-
-
-def drawings(zip_path: Path) -> dict[str, dict[str, dict[int, str]]]:
-    """alphabet -> character -> drawer -> zip member."""
-    if not zip_path.is_file():
-        raise DataError(f"{zip_path}: Omniglot zip not found (see ../shared/data/README.md)")
-    found: dict[str, dict[str, dict[int, str]]] = {}
-    with zipfile.ZipFile(zip_path) as archive:
-        for member in archive.namelist():
-            match = MEMBER.search(member)
-            if match:
-                alphabet, character, _, drawer = match.groups()
-                found.setdefault(alphabet, {}).setdefault(character, {})[int(drawer)] = member
-    return found
 
 
 def one_shot_trials(zip_path: Path, runs: int = 20, way: int = 20, seed: int = 0) -> list[dict]:
     """`runs` trials: {alphabet, gallery: [member] * way, queries: [member] * way} (query i is gallery i's
     character by another drawer). Alphabets are taken in turn; characters and the two drawers at random."""
     rng = np.random.default_rng(seed)
-    alphabets = {a: c for a, c in sorted(drawings(zip_path).items()) if len(c) >= way}
+    alphabets = {a: c for a, c in sorted(omniglot_drawings(zip_path).items()) if len(c) >= way}
     if not alphabets:
         raise DataError(f"{zip_path}: no alphabet has {way} characters for {way}-way trials")
     names = sorted(alphabets)
@@ -70,7 +55,7 @@ def one_shot_trials(zip_path: Path, runs: int = 20, way: int = 20, seed: int = 0
 
 
 def file_name(member: str) -> str:
-    alphabet, character, image, drawer = MEMBER.search(member).groups()  # image: the character's number
+    alphabet, character, image, drawer = OMNIGLOT_MEMBER.search(member).groups()  # image: the character's number
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{alphabet}_{character}_{image}_{drawer}") + ".png"
 
 

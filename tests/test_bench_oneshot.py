@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from bench import oneshot
+from bench.datasets import OMNIGLOT_MEMBER
 
 pytestmark = pytest.mark.skipif(not oneshot.SMALL2.is_file(), reason="../shared/data/omniglot is absent")
 
@@ -11,7 +12,7 @@ def test_trials_pair_one_drawer_as_gallery_with_another_as_queries():
     trials = oneshot.one_shot_trials(oneshot.SMALL2, runs=8, way=20, seed=3)
     assert len(trials) == 8 and {t["alphabet"] for t in trials} == {"Greek", "Japanese_(katakana)", "Latin", "Sanskrit"}
     for t in trials:  # Tagalog (17 characters) cannot make a 20-way trial
-        parts = [oneshot.MEMBER.search(m).groups() for m in t["gallery"] + t["queries"]]
+        parts = [OMNIGLOT_MEMBER.search(m).groups() for m in t["gallery"] + t["queries"]]
         gallery, queries = parts[:20], parts[20:]
         assert [g[1] for g in gallery] == [q[1] for q in queries] and len({g[1] for g in gallery}) == 20
         assert len({g[3] for g in gallery}) == 1 and len({q[3] for q in queries}) == 1  # one drawer each side

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common.core.errors import ConfigError
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # as common.data.augment
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # common.data.augment imports these
 CREATING_COMMANDS = ("train", "pretrain")  # commands whose config becomes a run's: the boxes CSV is checked early
 # commands that work from a finished run's saved config (already concrete): the command line's own
 # `auto` may stay unresolved there (e.g. the competition's default backbone has no pretrained config,

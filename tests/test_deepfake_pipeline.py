@@ -112,6 +112,9 @@ def test_predict_images_answers_a_folder_of_videos_and_export_matches_torch(smok
     assert answers.file.tolist() == [p.name for p in chosen]
     submission = pd.read_csv(run / "submission.csv").set_index("filename")
     np.testing.assert_allclose(answers.p_fake, submission.loc[answers.file, "label"], atol=1e-5)
+    counts = pd.read_csv(tmp_path / "answers.faces.csv")  # the detection counts beside the answers
+    assert counts.video.tolist() == [p.name for p in chosen]
+    assert (counts.frames_with_face <= counts.frames_sampled).all() and (counts.frames_sampled > 0).all()
 
     pytest.importorskip("onnxruntime")
     assert main(deepfake.COMPETITION, ["export", *common, f"out={tmp_path / 'onnx'}"]) == 0

@@ -273,6 +273,7 @@ def predict_files(comp, cfg) -> Path:
     frame = task.files_frame(task.predict(fold_dirs, metrics, run))
     out = output_path(saved, run, "predictions", "files", ".csv")
     write_csv_atomic(frame, out)
+    task.after_submission(out)
     print(f"{len(frame)} file(s) from {saved.images} answered with run '{run.name}': {out}", flush=True)
     return out
 

@@ -10,6 +10,10 @@ step by step, per video, on this machine:
 * detect: face detection and crops on those frames (`FaceExtractor.faces_in`);
 * classify: every fold model on the crops (with flip TTA if configured) and the aggregation;
 * total = decode + detect + classify, one video at a time, and its ratio to decode;
+* predict: seconds per video of `VideoPredictor.predict` itself over the set (each file of a set of
+  fewer than four repeated), with its read-ahead (`infer.read_ahead`): the next video is decoded while
+  this one is detected and classified, so a video costs about the larger of the two - what a
+  kernel's submission pays per video, and its ratio to decode;
 * 2 at a time: seconds per video when two videos are processed at once (two threads, one extractor
   each, as `faces.workers=2` does in `detect`): decoding one while detecting the other;
 * full decode: every frame decoded without RGB conversion (`decode_all`), for reference.
@@ -122,6 +126,17 @@ def two_at_a_time(predictor, files: list[Path], passes: int = 2) -> float:
     return (time.perf_counter() - started) / len(jobs)
 
 
+def through_predict(predictor, files: list[Path], least: int = 4) -> float:
+    """Seconds per video of `predictor.predict` (read-ahead included) over `files`, repeated to at
+    least `least` videos, after one warm-up video."""
+    jobs = list(files) * max(1, -(-least // max(len(files), 1)))
+    predictor.predict(jobs[:1])
+    started = time.perf_counter()
+    predictor.predict(jobs)
+    predictor.records.clear()
+    return (time.perf_counter() - started) / len(jobs)
+
+
 def report(rows: list[dict], cfg, predictor, options: dict, seconds: float) -> str:
     import torch
 
@@ -135,16 +150,18 @@ def report(rows: list[dict], cfg, predictor, options: dict, seconds: float) -> s
         f"{' (each timing the best of ' + str(options['repeat']) + ' passes)' if int(options['repeat']) > 1 else ''}.",
         "",
         "| videos | n | frame size | frames kept / in file | decode (floor) | detect | classify | total | total / decode "
-        "| 2 at a time | 2 at a time / decode | full decode | frames with a face |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| predict | predict / decode | 2 at a time | 2 at a time / decode | full decode | frames with a face |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(f"| {row['set']} | {row['n']} | {row['size']} | {row['frames']:.0f} / {row['total_frames']:.0f} | "
                      f"{row['decode']:.3f} | {row['detect']:.3f} | {row['classify']:.3f} | {row['total']:.3f} | "
-                     f"{row['total'] / row['decode']:.2f} | {row['pair']:.3f} | {row['pair'] / row['decode']:.2f} | "
+                     f"{row['total'] / row['decode']:.2f} | {row['predict']:.3f} | {row['predict'] / row['decode']:.2f} | "
+                     f"{row['pair']:.3f} | {row['pair'] / row['decode']:.2f} | "
                      f"{row['full decode']:.3f} | {row['with face']:.0%} |")
     lines += ["", "Seconds per video. decode + detect + classify = total, what `common.video.inference` spends on one "
-              "video at a time; decode is `read_frames` alone (the floor: sampled frames only, non-reference frames "
+              "video at a time; predict: `VideoPredictor.predict` over the set with read-ahead "
+              f"{predictor.cfg.infer.get('read_ahead', 0)} (decoding the next video meanwhile); decode is `read_frames` alone (the floor: sampled frames only, non-reference frames "
               "skipped where the codec allows); 2 at a time: two videos in flight on two threads; full decode: every "
               "frame decoded, none converted.", f"Bench wall time {seconds:.0f} s."]
     return "\n".join(lines)
@@ -182,10 +199,12 @@ def main(argv: list[str]) -> int:
                **{k: float(table[k].mean()) for k in ("decode", "detect", "classify", "full decode", "frames",
                                                        "total_frames", "with face")}}
         row["total"] = row["decode"] + row["detect"] + row["classify"]
+        row["predict"] = through_predict(predictor, files)
         row["pair"] = two_at_a_time(predictor, files)
         rows.append(row)
         print(f"{name}: {len(files)} videos, decode {row['decode']:.3f} s, detect {row['detect']:.3f} s, classify "
-              f"{row['classify']:.3f} s, total {row['total']:.3f} s ({row['total'] / row['decode']:.2f}x decode), "
+              f"{row['classify']:.3f} s, total {row['total']:.3f} s ({row['total'] / row['decode']:.2f}x decode), predict "
+              f"{row['predict']:.3f} s ({row['predict'] / row['decode']:.2f}x), "
               f"2 at a time {row['pair']:.3f} s per video", flush=True)
     text = report(rows, cfg, predictor, options, time.time() - started)
     out = Path(options["out"])

@@ -137,6 +137,10 @@ def test_unreadable_video_gets_one_half_and_a_warning(smoke_run, demo, tmp_path)
     eps = predictor.calibration["clip_eps"]
     assert eps <= probs[2] <= 1 - eps
     assert predictor.failures == [str(broken), str(tmp_path / "missing.mp4")]
+    assert predictor.cfg.infer.read_ahead == 1  # the default: the next video decoded meanwhile
+    predictor.cfg.infer.read_ahead = 0
+    with pytest.warns(UnreadableVideoWarning):
+        np.testing.assert_array_equal(predictor.predict([broken, tmp_path / "missing.mp4", good]), probs)
 
 
 def test_self_blend_only_trains_on_real_videos(demo, tmp_path, capsys):

@@ -165,6 +165,41 @@ def test_mtcnn_crops_are_centred_on_the_landmarks(real_video):
         assert ((c.landmarks > 0) & (c.landmarks < 64)).all()
 
 
+def test_mtcnn_batch_matches_one_frame_at_a_time_across_frame_sizes(real_video):
+    pytest.importorskip("facenet_pytorch")
+    import cv2
+
+    frames = list(read_frames(real_video, 3))
+    frames.insert(1, cv2.resize(frames[0], (264, 216)))  # another size in the same call: its own group
+    detector = create_detector("mtcnn")
+    batched = detector.detect_landmarks_batch(frames)
+    assert len(batched) == 4
+    for frame, (boxes, points) in zip(frames, batched):
+        alone_boxes, alone_points = detector.detect_landmarks(frame)
+        assert len(boxes) == len(alone_boxes) >= 1
+        np.testing.assert_allclose(boxes, alone_boxes, atol=1e-3)
+        np.testing.assert_allclose(points, alone_points, atol=1e-3)
+    scale = 264 / frames[0].shape[1]
+    np.testing.assert_allclose(batched[1][0][0, :4] / scale, batched[0][0][0, :4], atol=6)  # the same face
+
+
+def test_second_looks_pad_windows_of_different_sizes_and_map_each_back():
+    from common.video.faces import second_looks
+
+    class _Batch:
+        def detect_landmarks_batch(self, images):
+            self.shapes = [im.shape for im in images]
+            return [(np.array([[5, 6, 15, 18, 0.8]], np.float32), np.full((1, 5, 2), 10, np.float32)) for _ in images]
+
+    frame = np.zeros((200, 300, 3), np.uint8)
+    detector = _Batch()
+    found = second_looks([frame, frame], detector, [np.array([100, 50, 140, 100, 0.9]), np.array([0, 0, 20, 20, 1.0])])
+    assert detector.shapes == [(150, 120, 3), (150, 120, 3)]  # the 40x60 window and the clipped 40x40 one, padded
+    np.testing.assert_allclose(found[0][0][0], [65, 6, 75, 18, 0.8])
+    np.testing.assert_allclose(found[1][0][0], [5, 6, 15, 18, 0.8])  # window at (0, 0): unchanged
+    np.testing.assert_allclose(found[0][1][0, 0], [70, 10])
+
+
 def test_landmark_box_is_a_square_on_the_centroid():
     box = np.array([10, 20, 50, 100, 0.9], np.float32)
     points = np.array([[20, 40], [40, 40], [30, 60], [22, 80], [38, 80]], np.float32)

@@ -75,3 +75,17 @@ def face_geometric_augment(size) -> list:
     """`face` plus small pose changes (resampled): for real data, where faces are larger than the crop."""
     return face_augment(size) + [A.Affine(scale=(0.92, 1.08), translate_percent=(-0.04, 0.04), rotate=(-8, 8),
                                           border_mode=cv2.BORDER_CONSTANT, p=0.5)]
+
+
+@register("face_real")
+def face_real_augment(size) -> list:
+    """`face` plus what real test videos do to a face (DFDC 1st place): JPEG re-compression at a random
+    quality and downscale-upscale, so the model cannot lean on one encoder's artefacts or on sharpness
+    (DFDC's test videos were re-encoded and resized), and a little noise. Applied to real and fake
+    crops alike; `augment.part_dropout` adds the landmark-guided part cut-outs (`common.video.face_parts`)."""
+    return face_augment(size) + [
+        A.ImageCompression(compression_type="jpeg", quality_range=(40, 95), p=0.5),
+        A.Downscale(scale_range=(0.5, 0.9), interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR},
+                    p=0.25),
+        A.GaussNoise(std_range=(0.01, 0.04), p=0.1),
+    ]

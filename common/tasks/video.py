@@ -43,6 +43,7 @@ from common.video.calibration import (balanced_log_loss, evaluate_oof, reliabili
                                       video_probabilities)
 from common.video.crops import FaceCropDataset
 from common.video.face_cache import CropReader, FaceCache, FaceExtractor, crop_size, stored_landmarks
+from common.video.face_parts import FacePartDropout
 from common.video.inference import FrameLogit, VideoPredictor, build_classifier, crop_logits, sigmoid
 
 BLEND_MODES = ("none", "augment", "only")
@@ -201,9 +202,11 @@ class Video(Task):
         items, item_labels = self.data.items(train_rows)
         seed_everything(cfg.seed + fold)
         blend = SelfBlendAugment(p=cfg.blend.p, seed=cfg.seed + fold) if cfg.blend.mode != "none" else None
+        part_p = float(cfg.augment.get("part_dropout", 0.0) or 0.0)
         dataset = FaceCropDataset(self.data.reader, items, item_labels, build_transform(cfg.augment.train,
                                                                                         crop_size(cfg)), blend,
-                                  landmarks=self.data.item_landmarks(train_rows))
+                                  landmarks=self.data.item_landmarks(train_rows),
+                                  part_dropout=FacePartDropout(part_p, seed=cfg.seed + 1000 + fold) if part_p else None)
         weights = class_weights(item_labels) if cfg.train.class_weights else (1.0, 1.0)
         loader = make_loader(cfg, dataset, item_labels, seed=cfg.seed + fold, default=self.default_sampler,
                              blend_p=blend.p if blend is not None else 0.0)

@@ -294,7 +294,32 @@ def _rank() -> int:
         return 0
 
 
-class SelfBlendAugment:
+class WorkerStream:
+    """A numpy random stream per DataLoader worker, derived from one seed (see `SelfBlendAugment`
+    for the rules); subclasses draw from ``self._worker_stream()``."""
+
+    def __init__(self, seed: int | None = None):
+        self.seed = seed
+        self._stream_key: tuple[int, ...] | None = None  # the worker the stream was derived for
+        self._rank = _rank()  # workers started by spawn do not see the process group
+        self.rng = np.random.default_rng(seed)
+
+    def _worker_stream(self) -> np.random.Generator:
+        info = get_worker_info()
+        if info is None:
+            return self.rng  # main process (num_workers=0): the stream seeded in __init__
+        rank = _rank() or self._rank
+        key = (int(info.id),) if rank == 0 else (rank, int(info.id))
+        if key != self._stream_key:  # first call in this worker (its copy still has the parent's key)
+            self._stream_key = key
+            if self.seed is None:
+                self.rng = np.random.default_rng(np.random.SeedSequence(int(info.seed) % 2 ** 64))
+            else:
+                self.rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=key))
+        return self.rng
+
+
+class SelfBlendAugment(WorkerStream):
     """With probability ``p``, replace a real face by its self-blend and label it fake.
 
     Called albumentations-style: ``aug(image=img, landmarks=None) -> {"image", "label",
@@ -322,25 +347,8 @@ class SelfBlendAugment:
     def __init__(self, p: float = 0.5, seed: int | None = None):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {p}")
+        super().__init__(seed)
         self.p = p
-        self.seed = seed
-        self._stream_key: tuple[int, ...] | None = None  # the worker the stream was derived for
-        self._rank = _rank()  # workers started by spawn do not see the process group
-        self.rng = np.random.default_rng(seed)
-
-    def _worker_stream(self) -> np.random.Generator:
-        info = get_worker_info()
-        if info is None:
-            return self.rng  # main process (num_workers=0): the stream seeded in __init__
-        rank = _rank() or self._rank
-        key = (int(info.id),) if rank == 0 else (rank, int(info.id))
-        if key != self._stream_key:  # first call in this worker (its copy still has the parent's key)
-            self._stream_key = key
-            if self.seed is None:
-                self.rng = np.random.default_rng(np.random.SeedSequence(int(info.seed) % 2 ** 64))
-            else:
-                self.rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=key))
-        return self.rng
 
     def __call__(self, *, image: np.ndarray, landmarks: np.ndarray | None = None) -> dict:
         rng = self._worker_stream()

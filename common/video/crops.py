@@ -7,6 +7,7 @@ from torch.utils.data import Dataset
 
 from common.video.blend import SelfBlendAugment
 from common.video.face_cache import CropReader
+from common.video.face_parts import FacePartDropout
 
 
 class FaceCropDataset(Dataset):
@@ -16,10 +17,13 @@ class FaceCropDataset(Dataset):
     five landmarks in crop pixels (``common.video.faces.LANDMARKS``), handed to ``blend`` so the
     self-blend mask follows the face; rows of NaN (no landmarks) get the blend's ellipse.  Without
     the array, ``blend`` is called as ``blend(image=...)`` alone, as before landmarks existed.
+    ``part_dropout`` (a ``FacePartDropout``) then blacks out a part of real and fake crops alike,
+    found by the same landmarks.
     """
 
     def __init__(self, reader: CropReader, items: np.ndarray, labels: np.ndarray, transform,
-                 blend: SelfBlendAugment | None = None, landmarks: np.ndarray | None = None):
+                 blend: SelfBlendAugment | None = None, landmarks: np.ndarray | None = None,
+                 part_dropout: FacePartDropout | None = None):
         self.reader, self.items, self.labels = reader, np.asarray(items), np.asarray(labels, np.float32)
         self.transform, self.blend = transform, blend
         if landmarks is not None:
@@ -27,6 +31,7 @@ class FaceCropDataset(Dataset):
             if landmarks.shape != (len(self.items), 5, 2):
                 raise ValueError(f"landmarks must be [len(items)={len(self.items)}, 5, 2], got {landmarks.shape}")
         self.landmarks = landmarks
+        self.part_dropout = part_dropout
 
     def __len__(self) -> int:
         return len(self.items)
@@ -40,4 +45,6 @@ class FaceCropDataset(Dataset):
             else:
                 out = self.blend(image=image, landmarks=self.landmarks[i])
             image, label = out["image"], float(out["label"])
+        if self.part_dropout is not None and self.landmarks is not None:
+            image = self.part_dropout(image, self.landmarks[i])
         return self.transform(image=image)["image"], torch.tensor(label, dtype=torch.float32)

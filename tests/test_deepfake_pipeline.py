@@ -74,6 +74,10 @@ def test_train_writes_a_complete_run_directory(smoke_run, demo):
     folds = pd.read_csv(run / "folds.csv")
     assert set(oof.video) == set(folds.video[folds.fold == 0])  # smoke: one fold's videos, each once
     assert_groups_within_folds(folds.fold, folds.group)
+    assert_groups_within_folds(folds.fold, folds.fold_group)  # originals joined by estimated actor
+    assert folds.fold_group.nunique() <= folds.group.nunique()
+    for _, members in folds.groupby("group"):  # an original's videos are in one actor group
+        assert members.fold_group.nunique() == 1
 
 
 def test_rerun_refuses_and_resume_reuses_finished_folds(smoke_run, capsys):

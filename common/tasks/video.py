@@ -158,15 +158,44 @@ class Video(Task):
             self.data.build()
 
     # --- the engine's steps ----------------------------------------------------------------
+    def fold_groups(self) -> np.ndarray:
+        """The groups no fold may split: the original video, joined by estimated actor when
+        `actors.group_folds` (`common.video.actors`; computed once per run)."""
+        if getattr(self, "_fold_groups", None) is not None:
+            return self._fold_groups
+        train, cfg = self.data.train, self.cfg
+        groups = train.group.to_numpy()
+        actors = cfg.get("actors") or {}
+        if actors.get("group_folds"):
+            from common.video.actors import cluster_actors, merge_groups, video_embeddings
+
+            real = np.flatnonzero(train.label.to_numpy() == 0)
+            counts = self.data.crops.groupby("video").size()
+            crops_of = lambda row: np.stack([self.data.reader(int(row), k) for k in range(int(counts[row]))])  # noqa: E731
+            started = time.time()
+            embeddings = video_embeddings(crops_of, real, actors["backbone"], actors.get("pretrained", "pypi"))
+            cluster = cluster_actors(embeddings, float(actors["threshold"]))
+            merged = merge_groups(groups, dict(zip(groups[real], cluster)))
+            print(f"folds by actor: {len(set(cluster.tolist()))} actors estimated among {len(real)} real videos "
+                  f"(actors.threshold={actors['threshold']}, {time.time() - started:.0f} s): "
+                  f"{len(set(merged.tolist()))} fold groups instead of {len(set(groups.tolist()))} originals", flush=True)
+            groups = merged
+        self._fold_groups = groups
+        return groups
+
     def split(self) -> np.ndarray:
         train, folds = self.data.train, int(self.cfg.train.folds)
-        if train.group.nunique() < folds:
-            raise DataError(f"{self.root}: {train.group.nunique()} groups of videos (originals) but train.folds={folds}")
-        return group_folds(train.label.to_numpy(), train.group.to_numpy(), folds, self.cfg.seed)
+        groups = self.fold_groups()
+        if len(set(groups.tolist())) < folds:
+            what = "groups of videos (originals joined by actor: a lower actors.threshold joins fewer, " \
+                   "actors.group_folds=false joins none)" if self.cfg.get("actors", {}).get("group_folds") else "groups of videos (originals)"
+            raise DataError(f"{self.root}: {len(set(groups.tolist()))} {what} but train.folds={folds}")
+        return group_folds(train.label.to_numpy(), groups, folds, self.cfg.seed)
 
     def fold_table(self, folds) -> pd.DataFrame:
         train = self.data.train
-        return pd.DataFrame({"video": train.video, "label": train.label, "group": train.group, "fold": folds})
+        return pd.DataFrame({"video": train.video, "label": train.label, "group": train.group,
+                             "fold_group": self.fold_groups(), "fold": folds})
 
     def describe(self) -> str:
         train = self.data.train

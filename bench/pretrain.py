@@ -48,7 +48,7 @@ from common.core.errors import ConfigError, DataError
 from common.core.paths import REPO_ROOT
 
 NEW_WHALE = "new_whale"
-SSL_METHODS = ("simclr", "rotation", "jigsaw", "micle")
+SSL_METHODS = ("simclr", "micle", "rotation", "jigsaw", "damaged_jigsaw", "context", "exemplar", "inpainting")
 
 
 def _orl(dst: Path) -> Path:

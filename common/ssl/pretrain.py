@@ -1,7 +1,9 @@
 """`./run.sh <competition> pretrain ssl.method=NAME`: self-supervised pretraining of the backbone.
 
 Trains the backbone with a pretext task from `common.ssl.pretext` on every image of the data root (train
-and test; labels are ignored, except that `micle` pairs different photos of a known identity),
+and test; labels are ignored, except that `micle` pairs different photos of a known identity): one
+of simclr, micle, rotation, jigsaw, damaged_jigsaw (grey tiles, one removed), context (relative
+patch position), exemplar (Exemplar-CNN surrogate classes) and inpainting (context encoder),
 then saves `backbone.pt`, whose keys start with `backbone.` so that
 `train model.init=outputs/<competition>/<run.name>/backbone.pt` starts from it.
 
@@ -17,10 +19,17 @@ resume=true continues an interrupted run from its last finished epoch, metrics.j
 
 Keys (defaults in common/defaults.yaml): `ssl.method`, `ssl.epochs`, `ssl.batch_size`, `ssl.lr`,
 `ssl.temperature` (simclr, micle), `ssl.projection_dim`, `ssl.image_size` (null: data.image_size),
-`ssl.jigsaw_permutations`, `ssl.knn_images` (train images in the kNN check), `ssl.max_images`
+`ssl.jigsaw_permutations`, `ssl.min_side` (tiles and patches under it are upsampled for the backbone),
+`ssl.damaged_missing_head`, `ssl.context_patch`, `ssl.exemplar_views`, `ssl.inpaint_mask`,
+`ssl.inpaint_area`, `ssl.inpaint_outside_weight`, `ssl.knn_images` (train images in the kNN check), `ssl.max_images`
 (null: pretrain on all images), `ssl.warmup_epochs` (null: 1 when more than 2 epochs),
 `ssl.weight_decay` (null: train.weight_decay). The optimiser and schedule are `train.*`'s. Image
 competitions only (whales, happywhale, landmarks): deepfake's training data are videos.
+
+Before the run folder exists, the task is built on an untrained copy of the backbone and every input
+size it will feed it (the image, its tiles, its patches) is tried: a size the backbone cannot take
+(e.g. small_cnn on 13-pixel tiles) is a `ConfigError` naming `ssl.image_size` and a size that works,
+not a traceback an epoch in.
 """
 from __future__ import annotations
 
@@ -47,7 +56,7 @@ from common.core.validate import validate_config
 from common.data.image_set import ImageSet
 from common.data.loaders import make_loader
 from common.engine import distributed
-from common.ssl.pretext import PretextDataset, create_pretext, identity_groups
+from common.ssl.pretext import PretextDataset, check_backbone_inputs, create_pretext, identity_groups
 from common.engine.trainer import seed_everything, train_fold
 
 
@@ -127,15 +136,28 @@ def training_config(cfg):
     return t
 
 
+def pretrain_size(cfg) -> list[int]:
+    """[height, width] the pretext task's images have: `ssl.image_size`, else `data.image_size`."""
+    return [int(v) for v in (cfg.ssl.image_size or cfg.data.image_size)]
+
+
+def check_pretrain_config(cfg) -> None:
+    """`validate_config`, then the pretext task's input sizes on the backbone (untrained: the
+    architecture is what matters), so that a bad size fails before any folder, cache or epoch."""
+    validate_config(cfg)
+    backbone = create_backbone(cfg.model.backbone, False)
+    check_backbone_inputs(cfg.ssl.method, backbone, pretrain_size(cfg), cfg.ssl, cfg.model.backbone)
+
+
 def pretrain(comp, cfg) -> Path:
     """Pretrain `model.backbone` with `ssl.method` on all images of the data root; returns the run directory."""
     if comp.task == "video":
         raise ConfigError(f"pretrain reads images; {comp.name}'s training data are videos (pretraining on cached "
                           "face crops is not built yet)")
-    run, cfg = open_run(comp, cfg, check=validate_config)  # resume=true: the saved config; one folder for all ranks
+    run, cfg = open_run(comp, cfg, check=check_pretrain_config)  # resume=true: the saved config; one folder, all ranks
     method, main = cfg.ssl.method, distributed.is_main()
     seed_everything(cfg.seed)
-    size = [int(v) for v in (cfg.ssl.image_size or cfg.data.image_size)]
+    size = pretrain_size(cfg)
     data_cfg = copy.deepcopy(cfg)
     data_cfg.data.image_size = size
     root = Path(distributed.on_main(resolve_data_root, cfg, comp.name, comp.slug, comp.write_demo))
@@ -157,7 +179,7 @@ def pretrain(comp, cfg) -> Path:
     task = create_pretext(method, backbone, size, cfg.ssl)
     if cfg.model.init:
         load_backbone_init(task, cfg.model.init)
-    dataset = PretextDataset(images, rows, task.transform(), groups, two_views=task.two_views,
+    dataset = PretextDataset(images, rows, task.transform(), groups, views=task.views,
                              pair_identities=task.uses_identities, seed=cfg.seed)
     loader = make_loader(training_config(cfg), dataset, np.zeros(len(dataset)), seed=cfg.seed, sampler="random")
 
@@ -225,7 +247,8 @@ def pretrain(comp, cfg) -> Path:
 
 
 def pretrain_command(comp, cfg, args) -> None:
-    """COMMANDS entry: `pretrain ssl.method=simclr|rotation|jigsaw|micle [key=value ...]`."""
+    """COMMANDS entry: `pretrain ssl.method=simclr|micle|rotation|jigsaw|damaged_jigsaw|context|exemplar|inpainting
+    [key=value ...]`."""
     if args:
         raise ConfigError(f"pretrain takes only key=value arguments, got {' '.join(args)}")
     pretrain(comp, cfg)

@@ -24,7 +24,7 @@ from common.data.loaders import balanced_sample_weights
 from common.losses.objective import class_weights
 from common.video.calibration import fit_temperature, tune_clip_eps
 from competitions.deepfake import COMPETITION
-from competitions.deepfake.demo import TRAIN_DIR, write_demo
+from competitions.deepfake.demo import TRAIN_DIR, write_demo, write_mp4
 from competitions.deepfake.submission import validate_submission
 
 SMALL = dict(n_real=4, fakes_per_real=2, n_test=4, n_frames=8, progress=False)
@@ -339,3 +339,61 @@ def test_bad_choices_fail_before_any_folder_is_made(tmp_path, capsys):
         assert main(deepfake.COMPETITION, ["train", override, f"run.root={tmp_path}"]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "deepfake").exists()
+
+
+# --- real clips ------------------------------------------------------------------------------
+
+
+def test_self_blend_only_on_real_clips_writes_a_valid_submission(shared_data, tmp_path, capsys):
+    """Train on real faces alone (`blend.mode=only`, the real MTCNN detector, actor folds), from the
+    shared real clips: carphone cut into three segments (one actor) plus the real DFDC clip; the test
+    set is the third carphone segment and the FAKE DFDC clip. A valid submission must come out."""
+    pytest.importorskip("facenet_pytorch")
+    from common.video.frames import read_frames, video_info
+
+    carphone = shared_data / "video" / "carphone_pristine.mp4"
+    dfdc = shared_data / "dfdc_sample" / "train_sample_videos"
+    if not carphone.is_file() or not (dfdc / "lynaeydofd.mp4").is_file():
+        pytest.skip("the shared real clips are absent")
+    root = tmp_path / "real"
+    (root / TRAIN_DIR).mkdir(parents=True)
+    (root / "test_videos").mkdir()
+    frames = read_frames(carphone, video_info(carphone)["frames"])  # every frame
+    thirds = np.array_split(np.arange(len(frames)), 3)
+    for name, part, folder in (("car0", thirds[0], TRAIN_DIR), ("car1", thirds[1], TRAIN_DIR),
+                               ("car2", thirds[2], "test_videos")):
+        write_mp4(root / folder / f"{name}.mp4", frames[part])
+    shutil.copy(dfdc / "lynaeydofd.mp4", root / TRAIN_DIR)
+    shutil.copy(dfdc / "abofeumbvv.mp4", root / "test_videos")
+    metadata = {f"{v}.mp4": {"label": "REAL", "split": "train", "original": None} for v in ("car0", "car1", "lynaeydofd")}
+    (root / TRAIN_DIR / "metadata.json").write_text(json.dumps(metadata))
+    sample = pd.DataFrame({"filename": ["abofeumbvv.mp4", "car2.mp4"], "label": 0.5})
+    sample.to_csv(root / "sample_submission.csv", index=False)
+
+    args = ["train", "preset=smoke", "video.frames=4", "train.epochs=1", "progress=false", "data.num_workers=0",
+            "blend.mode=only", "faces.detector=mtcnn", "infer.tta_flip=false", f"data.root={root}",
+            f"run.root={tmp_path}", "run.name=real_sbi", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert main(deepfake.COMPETITION, args) == 0
+    out = capsys.readouterr().out
+    assert "2 actors estimated among 3 real videos" in out  # the carphone segments are one person
+    run = tmp_path / "deepfake" / "real_sbi"
+    folds = pd.read_csv(run / "folds.csv")
+    car = folds[folds.video.str.startswith("car")]
+    assert car.fold.nunique() == 1 and car.fold_group.nunique() == 1
+    submission = pd.read_csv(run / "submission.csv")
+    validate_submission(submission, sample)
+    found = re.search(r"faces: found in ([\d.]+)% of 8 sampled frames \(2 videos\)", out)
+    assert found and float(found.group(1)) >= 75  # MTCNN on real faces (abofeumbvv loses one of 4 frames)
+    counts = pd.read_csv(run / "submission.faces.csv")
+    assert counts.set_index("video").loc["car2.mp4", "frames_with_face"] == 4
+
+
+def test_real_preset_is_a_valid_config():
+    """`preset=real` (README: deepfake on real clips) loads, validates and sets what it documents."""
+    from common.core.validate import validate_config
+    from common.tasks import TASKS
+
+    cfg = load_config(COMPETITION.config_path, ["preset=real"])
+    validate_config(cfg, TASKS.get(COMPETITION.task))
+    assert (cfg.model.pretrained, cfg.augment.train, cfg.augment.part_dropout, cfg.video.frames) == \
+        ("pypi", "face_real", 0.3, 32)

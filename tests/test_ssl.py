@@ -59,6 +59,32 @@ def test_pretext_loss_is_finite_and_decreases_on_a_tiny_batch(name):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+@pytest.mark.parametrize("name", sorted(PRETEXT))
+def test_a_head_that_knows_nothing_scores_the_chance_loss(name):
+    """With its last layer zeroed, every task's head is uniform over its classes (or predicts the
+    mean image): its loss must then be exactly `chance_loss`, the line pretraining must fall below."""
+    torch.manual_seed(0)
+    images = np.random.default_rng(0).integers(0, 256, (8, 24, 48, 3), dtype=np.uint8)
+    task = create_pretext(name, tiny_backbone(), (24, 48), ssl_options(projection_dim=32))
+    heads = [getattr(task, a) for a in ("projector", "classifier", "missing_classifier", "decoder") if hasattr(task, a)]
+    assert heads
+    for head in heads:
+        last = head[-1] if isinstance(head, torch.nn.Sequential) else head
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+    dataset = PretextDataset(images, range(8), task.transform(), identity_groups(list("abcdefgh"), [0] * 8),
+                             views=task.views)
+    batch = default_collate([dataset[i] for i in range(8)])
+    task.eval()
+    torch.manual_seed(3)
+    chance = task.chance_loss(batch[0])
+    torch.manual_seed(3)  # inpainting: the same mask
+    with torch.no_grad():
+        loss = task.loss(batch).item()
+    assert loss == pytest.approx(chance, rel=1e-4), (loss, chance)
+    assert chance > 0
+
+
 def test_jigsaw_permutations_are_deterministic_and_far_apart():
     first = jigsaw_permutations(100)
     jigsaw_permutations.cache_clear()
@@ -320,6 +346,8 @@ def test_pretrain_smoke_writes_a_backbone_that_train_init_loads(tiny_whales, tmp
     assert log.epoch.tolist() == [1] and 0.0 <= log.knn_top1.iloc[0] <= 1.0 and np.isfinite(log.train_loss.iloc[0])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["ssl_method"] == "micle" and metrics["images"] == 30 and metrics["knn_queries"] > 0
+    assert metrics["chance_loss"] == pytest.approx(np.log(2 * 16 - 1), abs=1e-3)  # NT-Xent over 2B - 1 others
+    assert metrics["final_loss"] == pytest.approx(log.train_loss.iloc[-1]) and "at chance" in out
     assert (run / "config.yaml").exists() and (run / "curves.png").exists()
 
     state = torch.load(run / "backbone.pt", map_location="cpu")

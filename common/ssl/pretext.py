@@ -191,6 +191,12 @@ class PretextTask(nn.Module):
         images, groups = batch
         return self(images, groups)["loss"]
 
+    def chance_loss(self, images: torch.Tensor) -> float:
+        """The loss a head that has learnt nothing gets on this batch (uniform over the classes; for
+        inpainting, the mean predicted everywhere): the line a pretext loss must fall clearly below
+        before its representation can be worth anything."""
+        raise NotImplementedError
+
 
 @register("simclr")
 class SimCLR(PretextTask):
@@ -230,6 +236,9 @@ class SimCLR(PretextTask):
         z = self.project(torch.cat([images[:, 0], images[:, 1]]))  # one pass: BatchNorm sees both views
         return {"loss": self.contrast(z[:n], z[n:], groups)}
 
+    def chance_loss(self, images):
+        return math.log(2 * len(images) - 1)  # each view's partner among the 2B - 1 others
+
 
 @register("micle")
 class MICLe(SimCLR):
@@ -268,6 +277,9 @@ class RotationPrediction(PretextTask):
     def backbone_inputs(self):
         side = min(self.image_size)
         return [("square crops", (side, side), False)]
+
+    def chance_loss(self, images):
+        return math.log(4)
 
     def forward(self, images: torch.Tensor, groups: torch.Tensor | None = None) -> dict:
         target = torch.randint(0, 4, (len(images),), device=images.device)
@@ -368,6 +380,9 @@ class Jigsaw(PretextTask):
         tile = (max(1, int(cell_h * self.fraction)), max(1, int(cell_w * self.fraction)))
         return [("tiles", upsampled_shape(tile, self.min_side), True)]
 
+    def chance_loss(self, images):
+        return math.log(len(self.permutations))
+
     def tiles(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 9, C, th, tw): jittered tiles, each standardised on its own."""
         return standardize(cut_tiles(images, self.grid, fraction=self.fraction))
@@ -431,6 +446,9 @@ class DamagedJigsaw(Jigsaw):
             A.RandomBrightnessContrast(0.2, 0.2, p=0.5),
             *_normalize(),
         ])
+
+    def chance_loss(self, images):
+        return math.log(len(self.permutations)) + (math.log(self.grid ** 2) if self.missing_head else 0.0)
 
     def damage(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> (damaged tiles (B, 9, C, th, tw) in shuffled order, permutation index (B,),
@@ -531,6 +549,9 @@ class ContextPrediction(PretextTask):
     def backbone_inputs(self):
         return [("patches", upsampled_shape(self.patch, self.min_side), True)]
 
+    def chance_loss(self, images):
+        return math.log(len(CONTEXT_NEIGHBOURS))
+
     def pairs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> (centre patches, neighbour patches, target): the neighbour patch of image i
         comes from cell `CONTEXT_NEIGHBOURS[target[i]]`. Raw crops: colour and standardisation come later."""
@@ -583,6 +604,9 @@ class Exemplar(PretextTask):
             A.Resize(height, width),
             *_normalize(),
         ])
+
+    def chance_loss(self, images):
+        return math.log(len(images))  # each copy's seed among the batch's
 
     @staticmethod
     def targets(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -698,6 +722,11 @@ class Inpainting(PretextTask):
         """(B, C, H, W) -> (the images with the hidden region set to 0, the mask (B, 1, H, W), True = hidden)."""
         mask = inpainting_mask(images.shape[-2:], self.area, self.mask_kind, len(images), images.device)
         return images.masked_fill(mask, 0.0), mask
+
+    def chance_loss(self, images):
+        """The loss of predicting 0 (the normalised mean) everywhere, on this batch's own pixels."""
+        masked, mask = self.mask(images)
+        return float(masked_reconstruction_loss(torch.zeros_like(images), images, mask, self.outside_weight)[0])
 
     def reconstruct(self, masked: torch.Tensor) -> torch.Tensor:
         out = self.decoder(self.backbone.forward_features(masked))

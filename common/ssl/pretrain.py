@@ -213,6 +213,8 @@ def pretrain(comp, cfg) -> Path:
     def loss_fn(output: dict, groups):
         return output["loss"], {k: v.item() for k, v in output.items() if k != "loss"}
 
+    with torch.no_grad():  # the line the pretext loss must fall below: a head that has learnt nothing
+        chance = task.chance_loss(next(iter(loader))[0])
     started = time.time()
     ssl_dir = run / "ssl"
     result = train_fold(training_config(cfg), fold=0, model=task, train_loader=loader, loss_fn=loss_fn,
@@ -230,12 +232,19 @@ def pretrain(comp, cfg) -> Path:
                "knn_top1_initial": initial["knn_top1"], "knn_map5_initial": initial["knn_map5"],
                "knn_top1": result.best_score if has_eval else None, "best_epoch": result.best_epoch if has_eval else None,
                "knn_images": int(len(eval_rows)), "knn_queries": initial["knn_queries"], "images": int(len(rows)),
-               "pretrain_minutes": round((time.time() - started) / 60, 2)}
+               "pretrain_minutes": round((time.time() - started) / 60, 2),
+               "final_loss": result.history[-1].get("train_loss") if result.history else None,
+               "chance_loss": round(float(chance), 4)}
     if has_eval:
         best_row = next(r for r in result.history if r["epoch"] == result.best_epoch)
         metrics["knn_map5"] = best_row["knn_map5"]
     write_json_atomic(run / "metrics.json", metrics)
     plots.training_curves(run / "log.csv", run / "curves.png")
+    if metrics["final_loss"] is not None:
+        ratio = metrics["final_loss"] / max(chance, 1e-12)
+        print(f"\npretext loss {metrics['final_loss']:.4f} at the last epoch against {chance:.4f} at chance "
+              f"({ratio:.0%} of it){'' if ratio < 0.9 else ': not clearly below chance yet (more ssl.epochs)'}",
+              flush=True)
     if has_eval:
         print(f"\nkNN top-1 {initial['knn_top1']:.4f} -> {result.best_score:.4f} (epoch {result.best_epoch})")
         if result.best_score <= initial["knn_top1"]:

@@ -8,19 +8,25 @@ unused except by micle's positive pairs) and then fine-tuned through the real wh
 (`common.tasks.identification.train` with `model.init=.../backbone.pt`). Only the init changes between
 rows, so the differences come from the starting point alone.
 
-Datasets (whale format): ORL faces (30 known people, 10 held out), an Omniglot background subset
-(30 characters as identities, test drawers never seen in training, 30 % of characters held out),
-and a small whale demo set. Reported per init x dataset:
+Datasets (whale format): ORL faces (30 known people, 10 held out), Omniglot background subsets
+(`omniglot`: small1, `omniglot2`: small2; 30 characters as identities, test drawers never seen in
+training, 30 % of characters held out), `nyala` (../shared/data/nyala_dev: real camera photos of
+antelopes) and a small whale demo set. Reported per init x dataset x seed:
 
 * kNN top-1 (frozen): leave-one-out nearest-neighbour identification among the train images of
   known identity, on the backbone's GeM-pooled features *before* fine-tuning: what the init
   alone knows about identity (for a pretext task: its saved, best-kNN epoch);
 * test MAP@5 after fine-tuning (new_whale inserted at the OOF-tuned threshold) and closed-set
   top-1 on the test images of known identities;
+* the pretext loss at its last epoch beside its chance level (`PretextTask.chance_loss`: a head
+  that has learnt nothing): a loss near chance means the budget, not the method, was measured;
 * seconds spent pretraining and fine-tuning.
 
-Usage: `./run.sh bench pretrain [datasets=orl,omniglot,whales] [inits=random,imagenet,simclr,...]
-[out=DIR] [reuse=true] [verbose=true] [threads=N (default 1: faster on a busy shared machine)]
+`seeds=42,43,44` repeats every row with its own seed (pretraining, fold split, fine-tuning); the
+summary gives mean ± std, so that a claim "beats random init" can be read against the spread.
+
+Usage: `./run.sh bench pretrain [datasets=orl,omniglot,omniglot2,nyala,whales] [inits=random,imagenet,simclr,...]
+[seeds=42,43,44] [out=DIR] [reuse=true] [verbose=true] [threads=N (default 1: faster on a busy shared machine)]
 [any whale config key=value ...]`; whale keys
 (e.g. `train.epochs=20`, `ssl.epochs=30`, `data.image_size=[96,96]`) replace the budget below.
 `inits` may also name `imagenet+<method>` (pretext training that starts from ImageNet weights).
@@ -57,10 +63,22 @@ def _orl(dst: Path) -> Path:
     return write_orl_whale_format(ORL_DIR, dst)
 
 
-def _omniglot(dst: Path) -> Path:
+def _omniglot(dst: Path, zip_name: str = "small1") -> Path:
     from bench.datasets import OMNIGLOT_ZIPS, write_omniglot_whale_format
 
-    return write_omniglot_whale_format(OMNIGLOT_ZIPS["small1"], dst, n_characters=30)
+    return write_omniglot_whale_format(OMNIGLOT_ZIPS[zip_name], dst, n_characters=30)
+
+
+def _omniglot2(dst: Path) -> Path:
+    return _omniglot(dst, "small2")
+
+
+def _nyala(dst: Path) -> Path:
+    from bench.reid import NYALA_DIR
+
+    if not (NYALA_DIR / "train.csv").is_file():
+        raise DataError(f"{NYALA_DIR}: nyala_dev not found (see ../shared/data/README.md)")
+    return NYALA_DIR  # already in the whale format; read only, its caches go under out/cache
 
 
 def _whales(dst: Path) -> Path:
@@ -77,9 +95,11 @@ def _whales(dst: Path) -> Path:
 
 # Dataset name -> (writer into a folder, the image size it is trained at).
 DATASETS: dict[str, tuple[Callable[[Path], Path], list[int]]] = {
-    "orl": (_orl, [48, 40]),            # faces are 112 x 92
-    "omniglot": (_omniglot, [40, 40]),  # characters are 105 x 105
-    "whales": (_whales, [32, 64]),      # flukes are twice as wide as tall
+    "orl": (_orl, [48, 40]),              # faces are 112 x 92
+    "omniglot": (_omniglot, [40, 40]),    # characters are 105 x 105 (small1)
+    "omniglot2": (_omniglot2, [40, 40]),  # small2: five other alphabets
+    "nyala": (_nyala, [72, 96]),          # camera photos, 4:3; the animal is small in them
+    "whales": (_whales, [32, 64]),        # flukes are twice as wide as tall
 }
 
 # Init name -> the config keys that define it; a pretext init also names its method (and start).
@@ -109,7 +129,7 @@ BUDGET: list[str] = [
     "progress=false",
 ]
 
-OPTIONS = {"datasets": "orl,omniglot,whales", "inits": ",".join(DEFAULT_INITS), "out": "outputs/bench",
+OPTIONS = {"datasets": "orl,omniglot,whales", "inits": ",".join(DEFAULT_INITS), "seeds": "42", "out": "outputs/bench",
            "threads": 1, "reuse": False, "verbose": False}
 
 
@@ -118,6 +138,11 @@ def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
     options, pairs = split_options(argv, OPTIONS)
     for key, known in (("datasets", DATASETS), ("inits", INITS)):
         options[key] = name_list(options, key, known)
+    seeds = options["seeds"]
+    try:
+        options["seeds"] = [int(v) for v in (str(seeds).split(",") if not isinstance(seeds, list) else seeds)]
+    except ValueError:
+        raise ConfigError(f"seeds={seeds!r}: expected integers, e.g. seeds=42,43,44") from None
     return options, [f"{k}={v}" for k, v in pairs.items()]
 
 
@@ -148,6 +173,9 @@ def frozen_knn(cfg) -> dict:
     state.prepare()
     labels = state.train_df.label.to_numpy(dtype=object)
     rows = knn_rows(labels, NEW_WHALE, int(cfg.ssl.get("knn_images", 2000)), cfg.seed)
+    from common.engine.trainer import seed_everything
+
+    seed_everything(cfg.seed)  # random init: the same weights as fine-tuning starts from, run after run
     features = FrozenFeatures(create_backbone(cfg.model.backbone, cfg.model.pretrained)).to(state.device)
     dataset = ImageDataset(state.images.images, rows, None, build_transform("none", tuple(cfg.data.image_size)))
     emb = extract_embeddings(features, dataset, batch_size=cfg.infer.batch_size, device=state.device,
@@ -168,23 +196,27 @@ def _redirect(log: Path, verbose: bool):
 
 
 def run_init(root: Path, out: Path, dataset: str, init: str, overrides: list[str], *, reuse: bool,
-             verbose: bool) -> dict:
-    """Pretrain (for a pretext init), measure the frozen kNN, fine-tune; one row of the table."""
+             verbose: bool, seed: int = 42) -> dict:
+    """Pretrain (for a pretext init), measure the frozen kNN, fine-tune; one row of the table.
+    `seed` (the config's `seed`) seeds pretraining, the fold split and fine-tuning; the data stay the same."""
     import common.models.pretrained  # noqa: F401  registers model.pretrained=pypi
     from common.tasks.engine import train
     from common.ssl.pretrain import pretrain
     from competitions.whales import COMPETITION
 
     spec = INITS[init]
-    row: dict = {"dataset": dataset, "init": init}
-    log = out / "logs" / f"pretrain-{dataset}-{init}.txt"
+    row: dict = {"dataset": dataset, "init": init, "seed": seed}
+    suffix = "" if seed == 42 else f"-s{seed}"  # the config's default seed keeps the names of earlier tables
+    tag = f"{dataset}-{init}{suffix}"
+    overrides = [*overrides, f"seed={seed}"]
+    log = out / "logs" / f"pretrain-{tag}.txt"
     log.unlink(missing_ok=True)
     started = time.time()
     try:
         keys = list(spec["keys"])
         if "ssl" in spec:
-            ssl_cfg = whale_config(root, out, dataset, f"pretrain-{dataset}-ssl-{init}", keys + [f"ssl.method={spec['ssl']}"],
-                                   overrides)
+            ssl_cfg = whale_config(root, out, dataset, f"pretrain-{dataset}-ssl-{init}{suffix}",
+                                   keys + [f"ssl.method={spec['ssl']}"], overrides)
             ssl_run = out / "runs" / COMPETITION.name / ssl_cfg.run.name
             if not (reuse and finished_run(ssl_run, ssl_cfg)):
                 shutil.rmtree(ssl_run, ignore_errors=True)  # the bench owns its run folders
@@ -192,9 +224,10 @@ def run_init(root: Path, out: Path, dataset: str, init: str, overrides: list[str
                     pretrain(COMPETITION, copy.deepcopy(ssl_cfg))
             ssl_metrics = json.loads((ssl_run / "metrics.json").read_text())
             row.update(knn_top1=ssl_metrics.get("knn_top1"), knn_top1_before=ssl_metrics.get("knn_top1_initial"),
-                       pretrain_seconds=round(ssl_metrics.get("pretrain_minutes", 0) * 60, 1))
+                       pretrain_seconds=round(ssl_metrics.get("pretrain_minutes", 0) * 60, 1),
+                       pretext_loss=ssl_metrics.get("final_loss"), chance_loss=ssl_metrics.get("chance_loss"))
             keys = ["model.pretrained=false", f"model.init={ssl_run / 'backbone.pt'}"]
-        cfg = whale_config(root, out, dataset, f"pretrain-{dataset}-{init}", keys, overrides)
+        cfg = whale_config(root, out, dataset, f"pretrain-{tag}", keys, overrides)
         if "ssl" not in spec:
             with _redirect(log, verbose):
                 row["knn_top1"] = frozen_knn(cfg)["knn_top1"]
@@ -221,8 +254,9 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-COLUMNS = [("init", "init", None), ("knn_top1", "kNN top-1 (frozen)", 3), ("test_map5", "test MAP@5", 3),
-           ("top1", "top-1 (known)", 3), ("oof_map5", "OOF MAP@5", 3), ("pretrain_seconds", "pretrain s", 0),
+COLUMNS = [("init", "init", None), ("seed", "seed", None), ("knn_top1", "kNN top-1 (frozen)", 3),
+           ("test_map5", "test MAP@5", 3), ("top1", "top-1 (known)", 3), ("oof_map5", "OOF MAP@5", 3),
+           ("pretext_loss", "pretext loss", 3), ("chance_loss", "chance", 3), ("pretrain_seconds", "pretrain s", 0),
            ("finetune_seconds", "fine-tune s", 0), ("status", "status", None)]
 
 
@@ -242,15 +276,28 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def mean_std(values: list) -> str:
+    """'0.412' for one value, '0.412 ± 0.013' (sample std) for several, '–' for none."""
+    import numpy as np
+
+    values = [float(v) for v in values if v is not None and v == v]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
 def summary_table(rows: list[dict], datasets: list[str], inits: list[str]) -> str:
-    """init x dataset -> 'MAP@5 / top-1 (kNN)' at a glance."""
+    """init x dataset -> 'MAP@5 / top-1 (kNN)' at a glance: mean ± std over the seeds that finished."""
     lines = ["| init | " + " | ".join(datasets) + " |", "|---|" + "---:|" * len(datasets)]
     for init in inits:
         cells = []
         for dataset in datasets:
-            r = next((r for r in rows if r["dataset"] == dataset and r["init"] == init), {})
-            cells.append(f"{_fmt(r.get('test_map5'))} / {_fmt(r.get('top1'))} ({_fmt(r.get('knn_top1'))})"
-                         if r.get("status") == "ok" else "failed")
+            done = [r for r in rows if r["dataset"] == dataset and r["init"] == init and r.get("status") == "ok"]
+            seeds = f" [{len(done)} seeds]" if len(done) > 1 else ""
+            cells.append(f"{mean_std([r.get('test_map5') for r in done])} / {mean_std([r.get('top1') for r in done])} "
+                         f"({mean_std([r.get('knn_top1') for r in done])}){seeds}" if done else "–")
         lines.append(f"| {init} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -260,9 +307,11 @@ def report(rows: list[dict], summaries: dict[str, str], datasets: list[str], ini
     import torch
 
     parts = ["# Initialisation benchmark (`./run.sh bench pretrain`)", "",
-             "One backbone, one fine-tuning budget and seed; only the starting weights change. "
+             "One backbone and one fine-tuning budget; only the starting weights change. "
              "Cells: test MAP@5 (new_whale at the OOF-tuned threshold) / closed-set top-1 on known test "
-             "identities (frozen-feature leave-one-out kNN top-1 on train identities before fine-tuning).", "",
+             "identities (frozen-feature leave-one-out kNN top-1 on train identities before fine-tuning); "
+             "mean ± std over the seeds (each seed its own pretraining, fold split and fine-tuning). "
+             "The per-dataset tables give each pretext task's last-epoch loss beside its chance level.", "",
              summary_table(rows, datasets, inits), "",
              f"Budget: `{' '.join(budget)}`; image sizes (h, w): "
              + ", ".join(f"{d} {DATASETS[d][1]}" for d in datasets), "",
@@ -308,11 +357,11 @@ def main(argv: list[str]) -> int:
             continue
         summaries[dataset] = dataset_summary(root)
         print(f"\n{dataset}: {summaries[dataset]}", flush=True)
-        for init in options["inits"]:
+        for init, seed in ((i, s) for i in options["inits"] for s in options["seeds"]):
             row = run_init(root, out, dataset, init, overrides, reuse=bool(options["reuse"]),
-                           verbose=bool(options["verbose"]))
+                           verbose=bool(options["verbose"]), seed=seed)
             rows.append(row)
-            print(f"  {init:18s} kNN {_fmt(row.get('knn_top1'))}  test MAP@5 {_fmt(row.get('test_map5'))}  "
+            print(f"  {init:18s} seed {seed}  kNN {_fmt(row.get('knn_top1'))}  test MAP@5 {_fmt(row.get('test_map5'))}  "
                   f"top-1 {_fmt(row.get('top1'))}  {_fmt(row.get('seconds'), 0)} s  {row.get('status')}", flush=True)
             write_report()
     if not rows:

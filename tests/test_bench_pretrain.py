@@ -12,3 +12,26 @@ def test_frozen_knn_of_random_features_on_orl(shared_data, tmp_path):
     found = pretrain.frozen_knn(cfg)
     assert found["knn_queries"] > 0
     assert 0.0 <= found["knn_top1"] <= 1.0 and 0.0 <= found["knn_map5"] <= 1.0
+
+
+def test_seeds_are_parsed_and_the_summary_gives_mean_and_std():
+    options, overrides = pretrain.parse_options(["seeds=1,2,3", "inits=random,rotation", "train.epochs=2"])
+    assert options["seeds"] == [1, 2, 3] and options["inits"] == ["random", "rotation"]
+    assert overrides == ["train.epochs=2"]
+    rows = [{"dataset": "orl", "init": "random", "status": "ok", "test_map5": v, "top1": 0.5, "knn_top1": None}
+            for v in (0.4, 0.5, 0.6)]
+    rows.append({"dataset": "orl", "init": "rotation", "status": "ValueError: boom"})
+    table = pretrain.summary_table(rows, ["orl"], ["random", "rotation"])
+    assert "| random | 0.500 ± 0.100 / 0.500 ± 0.000 (–) [3 seeds] |" in table
+    assert "| rotation | – |" in table  # a failed row is no result
+
+
+def test_every_pretext_method_is_a_row_and_a_bad_seed_is_refused():
+    from common.ssl.pretext import PRETEXT
+    import pytest
+    from common.core.errors import ConfigError
+
+    assert set(pretrain.SSL_METHODS) == set(PRETEXT)
+    assert {"nyala", "omniglot2"} <= set(pretrain.DATASETS)
+    with pytest.raises(ConfigError, match="seeds="):
+        pretrain.parse_options(["seeds=a,b"])

@@ -94,7 +94,9 @@ def _check_sizes(cfg) -> None:
     _choice(cfg, "data.resize", ("stretch", "pad"))
     _choice(cfg, "data.normalize", ("imagenet", "auto"))
     _choice(cfg, "infer.verify", ("none", "sift", "orb", "akaze"))
-    for key in ("train.ema", "train.full_fit", "infer.dba", "infer.query_expansion", "infer.kreciprocal"):
+    _number(cfg, "loss.relation_hidden", int, 1)
+    for key in ("train.ema", "train.full_fit", "infer.dba", "infer.query_expansion", "infer.kreciprocal",
+                "infer.learned_rerank"):
         _choice(cfg, key, (True, False))
     _number(cfg, "pseudo.rounds", int, 0)
     precision = _value(cfg, "pseudo.precision")
@@ -110,12 +112,32 @@ def _check_sizes(cfg) -> None:
             raise ConfigError(f"train.run_folds={chosen!r}: a list of fold numbers in 0..{folds - 1}, or null for all")
 
 
+def _check_learned_distance(cfg, task_cls) -> None:
+    """`loss.distance=learned` trains a relation head only through a pair loss that uses the distance;
+    `infer.learned_rerank` needs that head, and a task that re-ranks retrieval shortlists."""
+    from common.core.registry import is_none
+    from common.losses.pair import LEARNED, USES_DISTANCE
+
+    distance, loss = _value(cfg, "loss.distance"), _value(cfg, "model.loss")
+    if distance == LEARNED and loss is not _MISSING and (is_none(loss) or loss not in USES_DISTANCE):
+        raise ConfigError(f"loss.distance=learned needs a pair loss that trains the relation head: model.loss="
+                          f"{'|'.join(USES_DISTANCE)} (got model.loss={loss})")
+    if _value(cfg, "infer.learned_rerank") is True:
+        if distance != LEARNED:
+            raise ConfigError(f"infer.learned_rerank=true re-ranks with the relation head, which only loss.distance=learned "
+                              f"trains (got loss.distance={distance})")
+        if task_cls is not None and not getattr(task_cls, "retrieval_postprocessing", False):
+            raise ConfigError(f"infer.learned_rerank: the {task_cls.name} task does not use retrieval post-processing "
+                              "(identification does: whales, happywhale)")
+
+
 def validate_config(cfg, task_cls=None) -> None:
     """ConfigError for the first bad value; `task_cls` adds its registry keys and own checks."""
     _check_sizes(cfg)
     keys = task_cls.registry_keys if task_cls is not None else tuple(k for r in ALL.values() for k in r.keys_in_config)
     _check_registries(cfg, keys)
     _check_timm_names(cfg)
+    _check_learned_distance(cfg, task_cls)
     check_tracking(cfg)
     if task_cls is not None:
         task_cls.check(cfg)

@@ -6,11 +6,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.core.registry import is_none
-from common.losses.pair import create_loss
+from common.losses.pair import LEARNED, create_loss
 
 
 class Objective(nn.Module):
-    """Cross-entropy on the head's margin logits, plus `loss.weight` x a pair loss on the embeddings."""
+    """Cross-entropy on the head's margin logits, plus `loss.weight` x a pair loss on the embeddings.
+
+    With `loss.distance=learned` the pair loss also gets the model's relation-head logits of the batch's
+    pairs (`relation_logits`): the head belongs to the model (so the trainer optimises and saves it);
+    this module holds no parameters of its own, and the trainer never optimises any it had.
+    """
 
     def __init__(self, use_head: bool, pair_loss: nn.Module | None, pair_weight: float):
         super().__init__()
@@ -22,7 +27,9 @@ class Objective(nn.Module):
             parts["ce"] = F.cross_entropy(output["logits"].float(), labels)
             total = total + parts["ce"]
         if self.pair_loss is not None:
-            parts["pair"] = self.pair_loss(output["embedding"].float(), labels)
+            learned = getattr(self.pair_loss, "distance", None) == LEARNED
+            extra = {"relation_logits": output.get("relation_logits")} if learned else {}
+            parts["pair"] = self.pair_loss(output["embedding"].float(), labels, **extra)
             total = total + self.pair_weight * parts["pair"]
         return total, {k: v.item() for k, v in parts.items()}
 

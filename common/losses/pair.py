@@ -12,7 +12,12 @@ fp16 embeddings are safe. A batch with no usable pair or triplet gives a zero lo
 connected to the graph (its gradient is zero, never NaN).
 
 Distances (``distance:`` key): ``cosine`` -> ``1 - cos``; ``l2`` -> ``||a - b||``;
-``squared_l2`` -> ``||a - b||^2 = 2 (1 - cos)``.
+``squared_l2`` -> ``||a - b||^2 = 2 (1 - cos)``; ``learned`` -> ``1 - sigmoid(z)``, ``z`` the logit of the
+model's relation head (``heads.RelationHead``, trained jointly through the pair loss). The learned
+distance is not a function of the embeddings alone: the model computes the ``[B, B]`` logits in its
+``forward`` (``relation_logits``) and the objective hands them to the loss, whose call is then
+``loss(embeddings, labels, relation_logits=...)``. With it, contrastive becomes the binary pair loss
+(below); triplet ranks by ``1 - sigmoid(z)``; NT-Xent has no use for it (refused by the config check).
 Miners (``miner:`` key) are plain functions ``(dist, labels, margin) -> (anchor, positive, negative)``
 index tensors in ``MINERS``; the triplet loss picks one by name.
 """
@@ -67,16 +72,41 @@ def _l2_distance(unit: torch.Tensor) -> torch.Tensor:
     return _squared_l2_distance(unit).clamp(min=_SQRT_EPS).sqrt()
 
 
+LEARNED = "learned"  # the distance of the model's relation head (module docstring)
+
+
+def _learned_distance(unit: torch.Tensor) -> torch.Tensor:
+    raise ValueError("loss.distance=learned is the model's relation head: pass its relation_logits "
+                     "(EmbeddingModel.forward makes them when the model was built with loss.distance=learned)")
+
+
 DISTANCES = Registry("distance", keys=("loss.distance",))
 DISTANCES.add("cosine", _cosine_distance)
 DISTANCES.add("l2", _l2_distance)
 DISTANCES.add("squared_l2", _squared_l2_distance)
+DISTANCES.add(LEARNED, _learned_distance)
+# the pair losses that use loss.distance; the others (ntxent) would leave a relation head untrained
+USES_DISTANCE = ("contrastive", "triplet")
 
 
-def pairwise_distance(embeddings: torch.Tensor, distance: str) -> torch.Tensor:
-    """``[B, B]`` distances between the L2-normalised embeddings (float32 or wider)."""
+def _relation_float(relation_logits: torch.Tensor | None, embeddings: torch.Tensor) -> torch.Tensor:
+    """The relation head's ``[B, B]`` logits in at least float32, checked against the batch."""
+    if relation_logits is None:
+        _learned_distance(embeddings)
+    b = len(embeddings)
+    if relation_logits.shape != (b, b):
+        raise ValueError(f"relation_logits must be [batch, batch] = [{b}, {b}], got {tuple(relation_logits.shape)}")
+    return relation_logits.to(torch.promote_types(relation_logits.dtype, torch.float32))
+
+
+def pairwise_distance(embeddings: torch.Tensor, distance: str,
+                      relation_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, B]`` distances between the L2-normalised embeddings (float32 or wider); for
+    ``learned``, ``1 - sigmoid(relation_logits)`` (the logits are required then, unused otherwise)."""
     measure = DISTANCES.get(distance, "loss.distance")
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        if distance == LEARNED:
+            return 1.0 - torch.sigmoid(_relation_float(relation_logits, embeddings))
         return measure(_unit_float(embeddings))
 
 
@@ -163,6 +193,13 @@ class ContrastiveLoss(nn.Module):
     different-label pairs. Reduction: each part is averaged over its own pairs, then the two
     are added; ``nonzero`` (default, pml's AvgNonZeroReducer) averages only the pairs with
     non-zero loss, so the many easy negatives don't dilute the gradient; ``mean`` averages all.
+
+    ``distance=learned``: the binary pair loss on the relation head's logits ``z``, balanced like
+    the hinge form (each part averaged over its own pairs, then added): ``-log sigmoid(z)`` for
+    same-label pairs, ``-log(1 - sigmoid(z))`` for the others, i.e. BCE with positives and negatives
+    weighted equally however few positives the batch holds. Why not the hinge on ``1 - sigmoid(z)``:
+    a confidently wrong pair sits where the sigmoid is flat and would get almost no gradient; the
+    log-loss keeps it, and its probability is calibrated for re-ranking. The margins do not apply.
     """
 
     def __init__(self, distance: str = "cosine", pos_margin: float = 0.0, neg_margin: float = 0.5, reduction: str = "nonzero"):
@@ -179,12 +216,23 @@ class ContrastiveLoss(nn.Module):
             neg_margin=params["neg_margin"],
         )
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                relation_logits: torch.Tensor | None = None) -> torch.Tensor:
+        if self.distance == LEARNED:
+            return self.binary(_relation_float(relation_logits, embeddings), labels)
         dist = pairwise_distance(embeddings, self.distance)
         positive, negative = label_masks(labels.to(dist.device))
         pos_loss = F.relu(dist[positive] - self.pos_margin)
         neg_loss = F.relu(self.neg_margin - dist[negative])
         return _reduce(pos_loss, self.reduction, dist) + _reduce(neg_loss, self.reduction, dist)
+
+    def binary(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The balanced binary pair loss on ``[B, B]`` "same identity" logits (class docstring)."""
+        positive, negative = label_masks(labels.to(logits.device))
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            pos_loss = F.softplus(-logits[positive])  # -log sigmoid(z), stable for any z
+            neg_loss = F.softplus(logits[negative])   # -log(1 - sigmoid(z))
+        return _reduce(pos_loss, self.reduction, logits) + _reduce(neg_loss, self.reduction, logits)
 
     def extra_repr(self) -> str:
         return f"distance={self.distance}, pos_margin={self.pos_margin}, neg_margin={self.neg_margin}, reduction={self.reduction}"
@@ -196,11 +244,12 @@ class TripletLoss(nn.Module):
 
     FaceNet's margin lives on squared L2 between unit embeddings (``2 (1 - cos)``), so the config
     value ``distance: cosine`` selects ``squared_l2`` here; ``l2`` is the plain Euclidean distance
-    (pml's default). Reduction: ``nonzero`` (default, pml's AvgNonZeroReducer: mean over the
+    (pml's default); ``learned`` is ``1 - sigmoid(z)`` of the relation head (in [0, 1], so the margin is
+    a difference of probabilities). Reduction: ``nonzero`` (default, pml's AvgNonZeroReducer: mean over the
     triplets with positive loss; for semi-hard triplets that is all of them) or ``mean``.
     """
 
-    CONFIG_DISTANCE = {"cosine": "squared_l2", "squared_l2": "squared_l2", "l2": "l2"}
+    CONFIG_DISTANCE = {"cosine": "squared_l2", "squared_l2": "squared_l2", "l2": "l2", LEARNED: LEARNED}
 
     def __init__(self, margin: float = 0.2, miner: str = "semi_hard", distance: str = "squared_l2", reduction: str = "nonzero"):
         super().__init__()
@@ -220,8 +269,9 @@ class TripletLoss(nn.Module):
             distance=cls.CONFIG_DISTANCE[distance],
         )
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        dist = pairwise_distance(embeddings, self.distance)
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                relation_logits: torch.Tensor | None = None) -> torch.Tensor:
+        dist = pairwise_distance(embeddings, self.distance, relation_logits)
         labels = labels.to(dist.device)
         with torch.no_grad():
             anchor, positive, negative = MINERS[self.miner](dist.detach(), labels, self.margin)

@@ -6,7 +6,8 @@ from typing import Sequence
 
 from common.core.errors import ConfigError
 from common.core.registry import is_none
-from common.models.heads import create_head
+from common.losses.pair import LEARNED
+from common.models.heads import RelationHead, create_head
 from common.models.network import EmbeddingModel, create_backbone, load_backbone_init
 
 
@@ -16,8 +17,11 @@ def build_model(cfg, num_classes: int, class_counts: Sequence[int] | None = None
         raise ConfigError("model.head=none needs a pair loss (model.loss=triplet|contrastive|ntxent)")
     head = None if is_none(m.head) else create_head(m.head, m.embedding_dim, num_classes, cfg.head,
                                                      class_counts=class_counts)
+    loss = cfg.get("loss") or {}
+    # loss.distance=learned: the pair distance is a relation head, part of the model (optimised, checkpointed)
+    relation = RelationHead(m.embedding_dim, loss["relation_hidden"]) if loss.get("distance") == LEARNED else None
     model = EmbeddingModel(create_backbone(m.backbone, m.pretrained), m.embedding_dim, head,
-                           gem_p=m.gem_p, dropout=m.dropout)
+                           gem_p=m.gem_p, dropout=m.dropout, relation=relation)
     if m.init:
         load_backbone_init(model, m.init)
     return model

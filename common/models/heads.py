@@ -331,3 +331,44 @@ class CombinedMarginHead(CosineHead):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
+
+
+class RelationHead(nn.Module):
+    """The learned distance (``loss.distance=learned``): a small MLP that scores a pair of embeddings
+    as one logit, "same identity", from ``[|a - b|, a * b]`` of the L2-normalised embeddings.
+
+    Why: cosine weighs every dimension alike; a relation network (Siamese with a relation head, as
+    in Koch et al. 2015 and Sung et al. 2018) learns which agreements matter, and its probability
+    re-ranks a cosine kNN shortlist (``infer.learned_rerank``). Not a margin head (not in ``HEADS``):
+    it lives beside the neck in ``EmbeddingModel.relation`` so that the trainer optimises it and the
+    checkpoint holds it with the rest of the model.
+
+    Both features are symmetric in (a, b), so ``head(a, b) == head(b, a)`` exactly. ``forward``
+    broadcasts over leading dimensions: ``head(x[:, None], x[None])`` scores all ``B x B`` pairs of a
+    batch (``pairwise``), ``head(q[:, None], g[ids])`` a query's shortlist ``[n, k]``. Computed in
+    float32 (at least) with autocast off, like the margin heads.
+    """
+
+    def __init__(self, dim: int, hidden: int = 128):
+        super().__init__()
+        if dim < 1 or hidden < 1:
+            raise ValueError(f"RelationHead needs dim >= 1 and hidden >= 1, got dim={dim}, hidden={hidden}")
+        self.dim, self.hidden = int(dim), int(hidden)
+        self.mlp = nn.Sequential(nn.Linear(2 * self.dim, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Logits ``[...]`` of the pairs ``(a, b)``, ``a, b: [..., dim]`` (broadcast against each other)."""
+        if a.shape[-1] != self.dim or b.shape[-1] != self.dim:
+            raise ValueError(f"RelationHead of dim {self.dim} got vectors of dim {a.shape[-1]} and {b.shape[-1]}")
+        with _full_precision(a):
+            a, b = _at_least_float32(a, b)
+            a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+            features = torch.cat([(a - b).abs(), a * b], dim=-1)  # both broadcast to the pairs' shape
+            return self.mlp(features.to(self.mlp[0].weight.dtype)).squeeze(-1)
+
+    def pairwise(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``[B, B]`` logits of every pair of a batch ``[B, dim]`` (memory: ``B^2 x 2 dim`` floats)."""
+        return self(embeddings.unsqueeze(1), embeddings.unsqueeze(0))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, hidden={self.hidden}"

@@ -63,8 +63,12 @@ def create_backbone(name: str, pretrained: bool | str = False, in_chans: int = 3
 
 
 class EmbeddingModel(nn.Module):
+    """`relation` (a `heads.RelationHead`, with `loss.distance=learned`): the learned pair distance.
+    It is part of the model, not of the loss, so that the trainer optimises it, checkpoints and the EMA
+    hold it, and DDP sees it used in `forward`; `forward` adds its `[B, B]` logits of the batch's pairs."""
+
     def __init__(self, backbone: nn.Module, embedding_dim: int, head: nn.Module | None = None,
-                 gem_p: float = 3.0, dropout: float = 0.0):
+                 gem_p: float = 3.0, dropout: float = 0.0, relation: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.pool = GeM(gem_p)
@@ -74,6 +78,7 @@ class EmbeddingModel(nn.Module):
             nn.BatchNorm1d(embedding_dim),
         )
         self.head = head
+        self.relation = relation
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.neck(self.pool(self.backbone.forward_features(images)))
@@ -83,6 +88,8 @@ class EmbeddingModel(nn.Module):
         out = {"embedding": embedding}
         if self.head is not None:
             out["logits"] = self.head(embedding.float(), labels)
+        if self.relation is not None:
+            out["relation_logits"] = self.relation.pairwise(embedding)
         return out
 
 

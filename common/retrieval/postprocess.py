@@ -7,6 +7,9 @@ and landmark retrieval, and one expensive but strong one:
 * embedding-level post-processors (`POSTPROCESSORS`, applied in registration order):
   `dba` (database-side augmentation), `query_expansion` (alpha-QE) and `kreciprocal`
   (k-reciprocal re-ranking), from `common.retrieval.rerank`;
+* a shortlist re-scorer, registered last so it sees their shortlist: `learned_rerank`, the model's
+  relation head (`loss.distance=learned`) re-scoring each query's kNN shortlist by P(same identity)
+  mixed with the similarity (`common.retrieval.learned`); it needs the fold's `FoldAnswers.relation`;
 * spatial verification (`infer.verify=sift|orb|akaze`): the top `infer.verify_k` gallery images
   of each query re-scored by RANSAC inliers of local features (`common.retrieval.verify`), fused
   with the global similarity by a logistic regression on [similarity, log(1 + inliers)] fitted on
@@ -29,6 +32,7 @@ import numpy as np
 
 from common.core.registry import Registry
 from common.retrieval.index import build_index, known, l2_normalize, rank_classes, search
+from common.retrieval.learned import RelationScorer, learned_rerank
 from common.retrieval.new_class import tune_threshold
 from common.retrieval.rerank import database_augmentation, k_reciprocal_rerank, query_expansion
 
@@ -62,6 +66,16 @@ def _kreciprocal(query, gallery, k1: int, k2: int, lambda_value: float) -> Proce
     return Processed(query, gallery, 1.0 - distance)
 
 
+@POSTPROCESSORS.register("learned_rerank")
+def _learned_rerank(sims, ids, query, gallery, relation: RelationScorer, mix: float):
+    """A shortlist re-scorer: (sims, ids) -> (sims, ids); `query`, `gallery` are the embeddings the
+    relation head was trained on (before any QE/DBA changed them)."""
+    return learned_rerank(sims, ids, query, gallery, relation, mix)
+
+
+_learned_rerank.rescores_shortlist = True  # shortlist() runs it on the kNN shortlist, after the others
+SHORTLIST_STAGE = {name for name, step in POSTPROCESSORS.items() if getattr(step, "rescores_shortlist", False)}
+
 Step = tuple[str, dict]  # (post-processor name, its parameters)
 
 
@@ -69,18 +83,29 @@ def describe(steps: Sequence[Step]) -> str:
     return "; ".join(f"{name} " + " ".join(f"{k}={v}" for k, v in params.items()) for name, params in steps) or "none"
 
 
-def shortlist(query: np.ndarray, gallery: np.ndarray, depth: int, steps: Sequence[Step] = ()):
+def shortlist(query: np.ndarray, gallery: np.ndarray, depth: int, steps: Sequence[Step] = (),
+              relation: RelationScorer | None = None):
     """The `depth` most similar gallery images of each query after the post-processing `steps`:
-    (similarities [n, depth] best first, gallery ids [n, depth], -1 where the gallery is smaller)."""
+    (similarities [n, depth] best first, gallery ids [n, depth], -1 where the gallery is smaller).
+    `relation`: the relation heads a `learned_rerank` step scores with (required by that step)."""
     query, gallery, similarity = l2_normalize(query), l2_normalize(gallery), None
+    plain = (query, gallery)
     for name, params in steps:
-        query, gallery, replaced = POSTPROCESSORS[name](query, gallery, **params)
-        similarity = replaced if replaced is not None else similarity
+        if name not in SHORTLIST_STAGE:
+            query, gallery, replaced = POSTPROCESSORS[name](query, gallery, **params)
+            similarity = replaced if replaced is not None else similarity
     if similarity is None:
-        return search(build_index(gallery), query, depth)
-    depth = min(depth, similarity.shape[1])
-    ids = np.argsort(-similarity, axis=1, kind="stable")[:, :depth]
-    return np.take_along_axis(similarity, ids, axis=1).astype(np.float32), ids.astype(np.int64)
+        sims, ids = search(build_index(gallery), query, depth)
+    else:
+        depth = min(depth, similarity.shape[1])
+        ids = np.argsort(-similarity, axis=1, kind="stable")[:, :depth]
+        sims, ids = np.take_along_axis(similarity, ids, axis=1).astype(np.float32), ids.astype(np.int64)
+    for name, params in steps:
+        if name in SHORTLIST_STAGE:
+            if relation is None:
+                raise ValueError(f"post-processing step {name} needs the models' relation heads (loss.distance=learned)")
+            sims, ids = POSTPROCESSORS[name](sims, ids, *plain, relation=relation, **params)
+    return sims, ids
 
 
 def candidates(grid: dict) -> list[dict]:
@@ -99,6 +124,7 @@ class FoldAnswers:
     truth: list[str]
     query_paths: list[str] = field(default_factory=list)
     gallery_paths: list[str] = field(default_factory=list)
+    relation: RelationScorer | None = None  # the fold model's relation head (loss.distance=learned), for learned_rerank
 
 
 def score(folds: Sequence[FoldAnswers], shortlists: Sequence[tuple[np.ndarray, np.ndarray]], new_label: str,
@@ -125,7 +151,11 @@ def tune_steps(folds: Sequence[FoldAnswers], infer, new_label: str, depth: int, 
     tried = [{"postprocess": "none", "oof_map5": best}]
     log(f"post-processing on OOF: none -> MAP@5 {best:.4f}")
     for name in POSTPROCESSORS:
-        if not infer[name]:
+        if not infer.get(name, False):
+            continue
+        if name in SHORTLIST_STAGE and any(f.relation is None for f in folds):
+            log(f"post-processing: {name} skipped: the models have no relation head (loss.distance=learned), "
+                "or their embeddings were joined (an ensemble of runs)")
             continue
         if name == "kreciprocal":
             largest = max(len(f.query) + len(f.gallery) for f in folds)
@@ -136,7 +166,7 @@ def tune_steps(folds: Sequence[FoldAnswers], infer, new_label: str, depth: int, 
         chosen = None
         for params in candidates(infer.tune_grid[name]):
             trial = [*steps, (name, params)]
-            value = score(folds, [shortlist(f.query, f.gallery, depth, trial) for f in folds], new_label)
+            value = score(folds, [shortlist(f.query, f.gallery, depth, trial, f.relation) for f in folds], new_label)
             tried.append({"postprocess": describe(trial), "oof_map5": value})
             log(f"post-processing on OOF: {describe(trial)} -> MAP@5 {value:.4f}")
             if value > best + 1e-9:

@@ -254,16 +254,23 @@ class Identification(EmbeddingTask):
             truth = pd.read_csv(d / "oof.csv", keep_default_na=False).truth.astype(str).tolist()
             out.append(postprocess.FoldAnswers(
                 np.load(d / "val_embeddings.npy").astype(np.float32), np.load(d / "gallery_embeddings.npy").astype(np.float32),
-                self.labels[train_rows], truth, [paths[i] for i in val_rows], [paths[i] for i in train_rows]))
+                self.labels[train_rows], truth, [paths[i] for i in val_rows], [paths[i] for i in train_rows],
+                self.relation_scorer([d])))
             rows.append((train_rows, val_rows))
         return out, rows
+
+    def relation_scorer(self, dirs) -> "postprocess.RelationScorer | None":
+        """The relation heads of these models (`infer.learned_rerank`), None when it is off."""
+        if not self.cfg.infer.get("learned_rerank", False):
+            return None
+        return postprocess.RelationScorer.from_models([self.fold_model(self.cfg, d) for d in dirs])
 
     def postprocessed_oof(self, answers, rows, fold_dirs, run: Path) -> tuple[pd.DataFrame, dict]:
         """The OOF answers again, after the post-processing chosen on them (saved as postprocess.json)."""
         cfg, new_label, depth = self.cfg, self.new_label, int(self.cfg.infer.neighbours)
         test_items = int((self.labels != new_label).sum()) + (len(self.test) if self.test is not None else 0)
         steps, tried = postprocess.tune_steps(answers, cfg.infer, new_label, depth, test_items)
-        lists = [postprocess.shortlist(a.query, a.gallery, depth, steps) for a in answers]
+        lists = [postprocess.shortlist(a.query, a.gallery, depth, steps, a.relation) for a in answers]
         extra = {"oof_map5_plain": tried[0]["oof_map5"]}
         chosen = {"steps": [[name, params] for name, params in steps], "fusion": None, "tried": tried}
         if cfg.infer.verify != "none":
@@ -287,13 +294,16 @@ class Identification(EmbeddingTask):
         extra["postprocess"] = postprocess.describe(steps) + (f"; {cfg.infer.verify} fusion" if chosen["fusion"] else "")
         return pd.concat(frames, ignore_index=True), extra
 
-    def postprocessed_test(self, gallery, gallery_rows, query, run: Path):
-        """The test shortlist with the post-processing saved at training time (postprocess.json)."""
+    def postprocessed_test(self, gallery, gallery_rows, query, run: Path, relation_dirs=()):
+        """The test shortlist with the post-processing saved at training time (postprocess.json);
+        `relation_dirs`: the models whose relation heads a chosen learned_rerank scores with."""
         cfg, depth = self.cfg, int(self.cfg.infer.neighbours)
         saved = run / "postprocess.json"
         chosen = json.loads(saved.read_text()) if saved.exists() else {"steps": [], "fusion": None}
         steps = [(name, dict(params)) for name, params in chosen["steps"]]
-        sims, ids = postprocess.shortlist(query, gallery, depth, steps)
+        relation = (self.relation_scorer(relation_dirs)
+                    if any(name in postprocess.SHORTLIST_STAGE for name, _ in steps) else None)
+        sims, ids = postprocess.shortlist(query, gallery, depth, steps, relation)
         if chosen.get("fusion"):
             paths = self.images.images.paths
             inliers = postprocess.verify(cfg, self.feature_dir(), [paths[i] for i in self.images.rows["test"]],
@@ -357,11 +367,12 @@ class Identification(EmbeddingTask):
         `embeddings`: (gallery, test) given by the caller (an ensemble of runs)."""
         cfg, new_label = self.cfg, self.new_label
         gallery_rows = np.flatnonzero(self.labels != new_label)
-        gallery, query = embeddings or self.fold_embeddings(self.answering_dirs(fold_dirs, run),
-                                                            [(gallery_rows, "gallery"), (self.images.rows["test"], "test")])
+        answering = self.answering_dirs(fold_dirs, run)
+        gallery, query = embeddings or self.fold_embeddings(answering, [(gallery_rows, "gallery"),
+                                                                        (self.images.rows["test"], "test")])
         if not distributed.is_main():
             return []  # only the main process writes the submission; post-processing runs once
-        sims, ids = self.postprocessed_test(gallery, gallery_rows, query, run)
+        sims, ids = self.postprocessed_test(gallery, gallery_rows, query, run, () if embeddings else answering)
         ranked, scores = rank_classes(sims, ids, self.labels[gallery_rows].astype(object), top=5)
         self.test_ranking = (known(ranked), scores)
         if cfg.infer.new_whale:
@@ -381,9 +392,9 @@ class Identification(EmbeddingTask):
             print(f"ensemble: threshold and post-processing tuned earlier ({out})", flush=True)
         else:
             parts = [task.fold_answers(dirs, folds) for task, _, dirs in members]
-            joint = [dataclasses.replace(
+            joint = [dataclasses.replace(  # relation=None: one run's relation head cannot score the joined embedding
                 first, query=np.concatenate([p[0][i].query for p in parts], axis=1) * scale,
-                gallery=np.concatenate([p[0][i].gallery for p in parts], axis=1) * scale)
+                gallery=np.concatenate([p[0][i].gallery for p in parts], axis=1) * scale, relation=None)
                 for i, first in enumerate(parts[0][0])]
             metrics = self.tune(fold_dirs, folds, out, answers=(joint, parts[0][1]))
             metrics["members"] = [str(run) for _, run, _ in members]

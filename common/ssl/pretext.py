@@ -161,6 +161,12 @@ def check_backbone_inputs(name: str, backbone: nn.Module, image_size: Sequence[i
                           f"{height}x{width} images (ssl.image_size, default data.image_size): {error}; use {hint}")
 
 
+def projection_mlp(width: int, dim: int) -> nn.Sequential:
+    """SimCLR's projection head (Linear-BN-ReLU-Linear): the loss acts on its output, so that the
+    backbone's features keep what the augmentations change (the head is thrown away)."""
+    return nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Linear(width, dim))
+
+
 class PretextTask(nn.Module):
     """A backbone plus a pretext head. Subclasses set `views`/`uses_identities` and define
     `transform()` (per image, CPU) and `forward(images, groups) -> {"loss": tensor, ...}`."""
@@ -206,10 +212,8 @@ class SimCLR(PretextTask):
 
     def __init__(self, backbone, image_size, options):
         super().__init__(backbone, image_size, options)
-        width = backbone.num_features
         self.temperature = float(options["temperature"])
-        self.projector = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
-                                       nn.Linear(width, int(options["projection_dim"])))
+        self.projector = projection_mlp(backbone.num_features, int(options["projection_dim"]))
 
     def transform(self) -> A.Compose:
         height, width = self.image_size
@@ -588,10 +592,8 @@ class Exemplar(PretextTask):
         if self.views < 2 or isinstance(options["exemplar_views"], bool):
             raise ConfigError(f"ssl.exemplar_views={options['exemplar_views']!r}: expected an integer >= 2 "
                               "(a copy is classified by its seed's other copies)")
-        width = backbone.num_features
         self.temperature = float(options["temperature"])
-        self.projector = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
-                                       nn.Linear(width, int(options["projection_dim"])))
+        self.projector = projection_mlp(backbone.num_features, int(options["projection_dim"]))
 
     def transform(self) -> A.Compose:
         height, width = self.image_size

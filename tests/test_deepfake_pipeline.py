@@ -397,3 +397,27 @@ def test_real_preset_is_a_valid_config():
     validate_config(cfg, TASKS.get(COMPETITION.task))
     assert (cfg.model.pretrained, cfg.augment.train, cfg.augment.part_dropout, cfg.video.frames) == \
         ("pypi", "face_real", 0.3, 32)
+
+
+def test_pretrain_on_cached_face_crops_then_train_starts_from_it(demo, tmp_path, capsys):
+    """`deepfake pretrain`: a pretext task on every cached crop of train and test videos; micle
+    pairs frames of one video; `train model.init=.../backbone.pt` loads the pretrained backbone."""
+    common = [*FAST, f"data.root={demo}", f"run.root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert main(deepfake.COMPETITION, ["pretrain", *common, "ssl.method=micle", "ssl.epochs=1", "run.name=ssl"]) == 0
+    out = capsys.readouterr().out
+    n_videos = len(json.loads((demo / TRAIN_DIR / "metadata.json").read_text()))
+    n_test = len(pd.read_csv(demo / "sample_submission.csv"))
+    assert re.search(rf"of \d+ face crops of {n_videos} train \+ {n_test} test videos", out)
+    run = tmp_path / "deepfake" / "ssl"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["images"] == n_videos * 4 + n_test * 4 and metrics["chance_loss"] > 0  # 4 frames, a face in each
+    backbone = torch.load(run / "backbone.pt", map_location="cpu")
+
+    from common.video.inference import build_classifier
+
+    cfg = load_config(COMPETITION.config_path, [*FAST, f"model.init={run / 'backbone.pt'}"])
+    model = build_classifier(cfg)
+    for key, value in backbone.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    conv = next(k for k, v in backbone.items() if v.ndim == 4)
+    assert not torch.equal(build_classifier(cfg, pretrained=False).state_dict()[conv], backbone[conv])  # no init

@@ -23,8 +23,8 @@ Keys (defaults in common/defaults.yaml): `ssl.method`, `ssl.epochs`, `ssl.batch_
 `ssl.damaged_missing_head`, `ssl.context_patch`, `ssl.exemplar_views`, `ssl.inpaint_mask`,
 `ssl.inpaint_area`, `ssl.inpaint_outside_weight`, `ssl.knn_images` (train images in the kNN check), `ssl.max_images`
 (null: pretrain on all images), `ssl.warmup_epochs` (null: 1 when more than 2 epochs),
-`ssl.weight_decay` (null: train.weight_decay). The optimiser and schedule are `train.*`'s. Image
-competitions only (whales, happywhale, landmarks): deepfake's training data are videos.
+`ssl.weight_decay` (null: train.weight_decay). The optimiser and schedule are `train.*`'s. For
+deepfake the images are the cached face crops of every train and test video (`face_crop_items`).
 
 Before the run folder exists, the task is built on an untrained copy of the backbone and every input
 size it will feed it (the image, its tiles, its patches) is tried: a size the backbone cannot take
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ from common.data.augment import build_transform
 from common.core.config import save_config
 from common.data.images import ImageDataset
 from common.engine.embed import extract_embeddings
-from common.core.errors import ConfigError
+from common.core.errors import ConfigError, DataError
 from common.metrics.scores import map_at_k
 from common.models.network import GeM, create_backbone, load_backbone_init
 from common.core.files import atomic_path, load_checkpoint, write_json_atomic
@@ -141,39 +142,88 @@ def pretrain_size(cfg) -> list[int]:
     return [int(v) for v in (cfg.ssl.image_size or cfg.data.image_size)]
 
 
-def check_pretrain_config(cfg) -> None:
-    """`validate_config`, then the pretext task's input sizes on the backbone (untrained: the
-    architecture is what matters), so that a bad size fails before any folder, cache or epoch."""
-    validate_config(cfg)
+def check_pretrain_config(cfg, comp=None) -> None:
+    """`validate_config` (with the competition's task checks), then the pretext task's input sizes on
+    the backbone (untrained: the architecture is what matters), so that a bad size fails before any
+    folder, cache or epoch."""
+    from common.tasks import TASKS
+
+    validate_config(cfg, TASKS.get(comp.task) if comp is not None else None)
     backbone = create_backbone(cfg.model.backbone, False)
     check_backbone_inputs(cfg.ssl.method, backbone, pretrain_size(cfg), cfg.ssl, cfg.model.backbone)
 
 
+@dataclass
+class PretextImages:
+    """What a pretext task learns from: `images[i]` (uint8 HxWx3) for every item, the label that
+    pairs items for micle (`pair_labels`, None = unlabelled), and the items of the kNN check with
+    the identity each is checked against."""
+
+    images: object
+    pair_labels: np.ndarray
+    eval_rows: np.ndarray
+    eval_labels: np.ndarray
+    described: str  # "N train + M test images" or the like, for the first log line
+
+
+def photo_items(comp, cfg, size) -> PretextImages:
+    """Image competitions: every train and test image at the pretraining size; identities pair
+    micle's photos and are what the kNN check recognises."""
+    root = Path(distributed.on_main(resolve_data_root, cfg, comp.name, comp.slug, comp.write_demo))
+    train_df, test_df = comp.read_train(root, cfg), comp.read_test(root)
+    data_cfg = copy.deepcopy(cfg)
+    data_cfg.data.image_size = size
+    images = ImageSet(data_cfg, comp.name, train_df, test_df).images  # train + test at the pretraining size
+    labels = train_df.label.to_numpy(dtype=object)
+    pair_labels = np.concatenate([np.where(labels == comp.new_label, None, labels),
+                                  np.full(len(test_df), None, dtype=object)])  # test: unlabelled
+    eval_rows = knn_rows(labels, comp.new_label, int(cfg.ssl.knn_images), cfg.seed)
+    return PretextImages(images, pair_labels, eval_rows, labels[eval_rows],
+                         f"{len(train_df)} train + {len(test_df)} test images")
+
+
+def face_crop_items(comp, cfg) -> PretextImages:
+    """Deepfake: the cached face crops of every readable train and test video (`detect` fills the
+    cache, resumable). micle pairs two frames of one video (never a fake with its original: that
+    would teach the backbone to ignore the manipulation); the kNN check takes the middle crop of
+    each training video and asks for another video of its original (the same scene and actor)."""
+    from common.tasks.video import detect
+    from common.video.face_cache import CropImages
+
+    data = detect(comp, cfg)
+    test = [p for p in data.test.path if p not in data.errors]
+    paths = list(data.train.path) + test
+    counts = [len(data.cache.meta(p)["frame_idx"]) for p in paths]
+    items = np.array([(v, k) for v, n in enumerate(counts) for k in range(n)], dtype=np.int64).reshape(-1, 2)
+    if not len(items):
+        raise DataError(f"{data.root}: no face crop in the cache to pretrain on")
+    pair_labels = np.array([f"video{v}" for v in items[:, 0]], dtype=object)
+    first = np.concatenate([[0], np.cumsum(counts)])[:-1]
+    middles = np.array([first[v] + counts[v] // 2 for v in range(len(data.train)) if counts[v]], dtype=np.int64)
+    groups = data.train.group.to_numpy(dtype=object)[items[middles, 0]]
+    chosen = knn_rows(groups, None, int(cfg.ssl.knn_images), cfg.seed)
+    return PretextImages(CropImages([data.cache.crop_file(p) for p in paths], items), pair_labels, middles[chosen],
+                         groups[chosen], f"{len(items)} face crops of {len(data.train)} train + {len(test)} test videos")
+
+
 def pretrain(comp, cfg) -> Path:
-    """Pretrain `model.backbone` with `ssl.method` on all images of the data root; returns the run directory."""
-    if comp.task == "video":
-        raise ConfigError(f"pretrain reads images; {comp.name}'s training data are videos (pretraining on cached "
-                          "face crops is not built yet)")
-    run, cfg = open_run(comp, cfg, check=check_pretrain_config)  # resume=true: the saved config; one folder, all ranks
+    """Pretrain `model.backbone` with `ssl.method` on all images of the data root (for deepfake: all
+    cached face crops); returns the run directory."""
+    run, cfg = open_run(comp, cfg, check=lambda c: check_pretrain_config(c, comp))  # resume: the saved config
     method, main = cfg.ssl.method, distributed.is_main()
     seed_everything(cfg.seed)
     size = pretrain_size(cfg)
-    data_cfg = copy.deepcopy(cfg)
-    data_cfg.data.image_size = size
-    root = Path(distributed.on_main(resolve_data_root, cfg, comp.name, comp.slug, comp.write_demo))
-    train_df, test_df = comp.read_train(root, cfg), comp.read_test(root)
     device = distributed.init(cfg)
-    images = ImageSet(data_cfg, comp.name, train_df, test_df).images  # train + test at the pretraining size
+    source = face_crop_items(comp, cfg) if comp.task == "video" else photo_items(comp, cfg, size)
+    images = source.images
     if main:
         save_config(cfg, run / "config.yaml")
 
-    labels = train_df.label.to_numpy(dtype=object)
-    rows = np.arange(len(train_df) + len(test_df))
+    rows = np.arange(len(source.pair_labels))
     if cfg.ssl.max_images and len(rows) > int(cfg.ssl.max_images):  # e.g. the smoke preset
         rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, int(cfg.ssl.max_images), replace=False))
-    all_labels = np.concatenate([labels, np.full(len(test_df), None, dtype=object)])  # test: unlabelled
-    known = np.array([label is not None and label != comp.new_label for label in all_labels])
-    groups = identity_groups(all_labels[rows], known[rows])
+    known = np.array([label is not None for label in source.pair_labels])
+    groups = identity_groups(source.pair_labels[rows], known[rows])
 
     backbone = create_backbone(cfg.model.backbone, cfg.model.pretrained)
     task = create_pretext(method, backbone, size, cfg.ssl)
@@ -183,22 +233,22 @@ def pretrain(comp, cfg) -> Path:
                              pair_identities=task.uses_identities, seed=cfg.seed)
     loader = make_loader(training_config(cfg), dataset, np.zeros(len(dataset)), seed=cfg.seed, sampler="random")
 
-    eval_rows = knn_rows(labels, comp.new_label, int(cfg.ssl.knn_images), cfg.seed)
+    eval_rows = source.eval_rows
     eval_dataset = ImageDataset(images, eval_rows, None, build_transform("none", size))
     features = FrozenFeatures(backbone)
 
     def knn_check() -> dict:
         emb = extract_embeddings(features, eval_dataset, batch_size=cfg.infer.batch_size, device=device,
                                  num_workers=0, desc="kNN check", progress=cfg.progress)
-        return knn_identification(emb, labels[eval_rows])
+        return knn_identification(emb, source.eval_labels)
 
     def evaluate(model) -> dict:
         result = knn_check()
         return {"knn_top1": result["knn_top1"], "knn_map5": result["knn_map5"]}
 
     n_known = int(known[rows].sum())
-    print(f"{comp.name} pretrain ssl.method={method}: {len(rows)} images (of {len(train_df)} train + "
-          f"{len(test_df)} test; {n_known} of known identity), backbone {cfg.model.backbone} "
+    print(f"{comp.name} pretrain ssl.method={method}: {len(rows)} images (of {source.described}; "
+          f"{n_known} of known identity), backbone {cfg.model.backbone} "
           f"(pretrained={cfg.model.pretrained}), {size[0]}x{size[1]}, {cfg.ssl.epochs} epochs; run {run}", flush=True)
     features.to(device)
     initial = knn_check()
@@ -206,7 +256,7 @@ def pretrain(comp, cfg) -> Path:
     if has_eval:
         print(f"kNN top-1 of the initial backbone: {initial['knn_top1']:.4f} (MAP@5 {initial['knn_map5']:.4f}; "
               f"{initial['knn_queries']} leave-one-out queries among {len(eval_rows)} train images of known "
-              "identity)", flush=True)
+              f"{'original' if comp.task == 'video' else 'identity'})", flush=True)
     else:
         print("no identity with two train images: no kNN check; the last epoch's backbone is kept", flush=True)
 

@@ -344,3 +344,19 @@ class CropReader:
                 self._open.popitem(last=False)
         self._open[video] = crops
         return np.array(crops[k])
+
+
+class CropImages:
+    """Cached face crops as a list of images, `crops[i] -> uint8 [S, S, 3]`, for code that takes an
+    image source (the pretext tasks): item i is crop `items[i] = (video, k)` of `files[video]`."""
+
+    def __init__(self, files: Sequence[str | Path], items: np.ndarray):
+        self.reader = CropReader(files)
+        self.items = np.asarray(items, dtype=np.int64).reshape(-1, 2)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        video, k = self.items[int(i)]
+        return self.reader(int(video), int(k))

@@ -36,7 +36,7 @@ from common.core.errors import DataError
 from common.core.registry import Registry
 from common.engine.precision import autocast
 from common.video.face_cache import FaceExtractor, VideoFaces
-from common.models.network import GeM, create_backbone
+from common.models.network import GeM, create_backbone, load_backbone_init
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # as common.data.augment (a test checks)
 UNKNOWN = 0.5  # the answer for a video that cannot be read
@@ -74,10 +74,14 @@ class FrameLogit(nn.Module):
 
 
 def build_classifier(cfg, pretrained=None) -> FrameClassifier:
-    """The network of `cfg.model`; `pretrained=False` when fold weights will be loaded anyway."""
+    """The network of `cfg.model`; `pretrained=False` when fold weights will be loaded anyway (and then
+    `model.init`, e.g. a `pretrain` run's backbone.pt, is not loaded either)."""
     m = cfg.model
     backbone = create_backbone(m.backbone, m.pretrained if pretrained is None else pretrained)
-    return FrameClassifier(backbone, gem_p=m.gem_p, dropout=m.dropout)
+    model = FrameClassifier(backbone, gem_p=m.gem_p, dropout=m.dropout)
+    if m.get("init") and pretrained is None:
+        load_backbone_init(model, m.init)
+    return model
 
 
 def to_tensor(crops: np.ndarray, device) -> torch.Tensor:

@@ -141,10 +141,15 @@ def test_unreadable_video_gets_one_half_and_a_warning(smoke_run, demo, tmp_path)
     eps = predictor.calibration["clip_eps"]
     assert eps <= probs[2] <= 1 - eps
     assert predictor.failures == [str(broken), str(tmp_path / "missing.mp4")]
-    assert predictor.cfg.infer.read_ahead == 1  # the default: the next video decoded meanwhile
-    predictor.cfg.infer.read_ahead = 0
-    with pytest.warns(UnreadableVideoWarning):
-        np.testing.assert_array_equal(predictor.predict([broken, tmp_path / "missing.mp4", good]), probs)
+    assert predictor.cfg.infer.workers == 2  # the default: two videos in flight, answers and records in order
+    assert [r["video"] for r in predictor.records] == ["broken.mp4", "missing.mp4", good.name]
+    records = list(predictor.records)
+    for workers, read_ahead in ((1, 1), (1, 0)):  # one at a time, with the next video decoded meanwhile or not
+        predictor.cfg.infer.workers, predictor.cfg.infer.read_ahead = workers, read_ahead
+        predictor.records.clear(), predictor.failures.clear()
+        with pytest.warns(UnreadableVideoWarning):
+            np.testing.assert_array_equal(predictor.predict([broken, tmp_path / "missing.mp4", good]), probs)
+        assert predictor.records == records and predictor.failures == [str(broken), str(tmp_path / "missing.mp4")]
 
 
 def test_self_blend_only_trains_on_real_videos(demo, tmp_path, capsys):

@@ -22,6 +22,7 @@ trainer, so the Kaggle kernel needs only torch, timm, OpenCV, numpy, pandas and 
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -201,6 +202,7 @@ class VideoPredictor:
         self.params = aggregation_params(cfg.infer)
         self.progress = progress
         self._extractor = extractor
+        self._local = threading.local()  # predict's worker threads: an extractor (decoder, detector) each
         self.failures: list[str] = []  # videos answered UNKNOWN
         self.records: list[dict] = []   # per video: sampled frames, frames with a face, how it was answered
 
@@ -237,6 +239,9 @@ class VideoPredictor:
 
     @property
     def extractor(self) -> FaceExtractor:
+        own = getattr(self._local, "extractor", None)  # set in predict's worker threads
+        if own is not None:
+            return own
         if self._extractor is None:  # built on first use: training predicts from cached crops
             self._extractor = FaceExtractor.from_config(self.cfg)
         return self._extractor
@@ -263,7 +268,8 @@ class VideoPredictor:
         sampled = int(self.cfg.video.frames) if faces is None or faces.frames is None else int(faces.frames)
         found = 0 if faces is None else faces.frames_with_face
         how = "unreadable" if faces is None else ("model" if faces.found_faces else "prior (no face)")
-        self.records.append({"video": Path(str(path)).name, "frames_sampled": sampled, "frames_with_face": found,
+        records = getattr(self._local, "records", None)  # a worker's, handed back in order by predict
+        (self.records if records is None else records).append({"video": Path(str(path)).name, "frames_sampled": sampled, "frames_with_face": found,
                              "second_looks": 0 if faces is None else int(faces.second_look.sum()),
                              "crops": 0 if faces is None else len(faces), "answered_by": how,
                              "error": error or ""})
@@ -294,7 +300,8 @@ class VideoPredictor:
             faces = self.extractor(path) if frames is None else self.extractor.faces_in(frames)
             answer = self._answer(faces)
         except Exception as exc:  # noqa: BLE001 - one bad file must not cost the whole submission
-            self.failures.append(str(path))
+            failures = getattr(self._local, "failures", None)
+            (self.failures if failures is None else failures).append(str(path))
             problem = str(exc) if str(path) in str(exc) else f"{path}: {exc.__class__.__name__}: {exc}"
             warnings.warn(f"{problem}; predicting {UNKNOWN}", UnreadableVideoWarning, stacklevel=2)
             self._record(path, None, problem)
@@ -338,6 +345,9 @@ class VideoPredictor:
         larger of the two instead of their sum (``bench deepfake``'s "predict" column)."""
         paths = list(paths)
         ahead = int(self.cfg.infer.get("read_ahead", 0) or 0)
+        workers = int(self.cfg.infer.get("workers", 1) or 1)
+        if workers > 1 and len(paths) > 1:
+            return self._predict_in_parallel(paths, workers, desc)
         bar = tqdm(paths, desc=desc, disable=not self.progress)
         if ahead < 1 or len(paths) < 2:
             return np.array([self.predict_video(p) for p in bar])
@@ -352,4 +362,30 @@ class VideoPredictor:
                 if i + ahead + 1 < len(paths):
                     pending.append(pool.submit(self._read, paths[i + ahead + 1]))
                 out.append(self.predict_video(path, frames, error))
+        return np.array(out)
+
+    def _predict_in_parallel(self, paths: list, workers: int, desc: str) -> np.ndarray:
+        """``infer.workers=n``: n videos in flight, each thread with its own extractor (decoder and
+        detector state) and the shared models. On a CPU this keeps the cores busy where one video's
+        decoder and detector leave them idle in turn (``bench deepfake``'s "2 at a time"); the
+        per-video records stay in the order of ``paths``."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(path) -> tuple[float, list, list]:
+            local = self._local
+            if getattr(local, "extractor", None) is None:
+                local.extractor = FaceExtractor.from_config(self.cfg)
+            local.records, local.failures = [], []
+            try:
+                return self.predict_video(path), local.records, local.failures
+            finally:
+                local.records = local.failures = None
+
+        out = []
+        with ThreadPoolExecutor(workers, thread_name_prefix="predict") as pool:
+            for answer, records, failures in tqdm(pool.map(one, paths), total=len(paths), desc=desc,
+                                                  disable=not self.progress):
+                out.append(answer)
+                self.records.extend(records)
+                self.failures.extend(failures)
         return np.array(out)

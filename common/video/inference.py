@@ -268,11 +268,17 @@ class VideoPredictor:
         sampled = int(self.cfg.video.frames) if faces is None or faces.frames is None else int(faces.frames)
         found = 0 if faces is None else faces.frames_with_face
         how = "unreadable" if faces is None else ("model" if faces.found_faces else "prior (no face)")
-        records = getattr(self._local, "records", None)  # a worker's, handed back in order by predict
-        (self.records if records is None else records).append({"video": Path(str(path)).name, "frames_sampled": sampled, "frames_with_face": found,
-                             "second_looks": 0 if faces is None else int(faces.second_look.sum()),
-                             "crops": 0 if faces is None else len(faces), "answered_by": how,
-                             "error": error or ""})
+        self._sink("records").append({"video": Path(str(path)).name, "frames_sampled": sampled,
+                                      "frames_with_face": found,
+                                      "second_looks": 0 if faces is None else int(faces.second_look.sum()),
+                                      "crops": 0 if faces is None else len(faces), "answered_by": how,
+                                      "error": error or ""})
+
+    def _sink(self, name: str) -> list:
+        """`self.records` / `self.failures`, or, in one of predict's worker threads, that thread's list
+        for the video at hand (`_predict_in_parallel` appends them in input order)."""
+        own = getattr(self._local, name, None)
+        return getattr(self, name) if own is None else own
 
     def _answer(self, faces: VideoFaces) -> float:
         if not faces.found_faces:
@@ -300,8 +306,7 @@ class VideoPredictor:
             faces = self.extractor(path) if frames is None else self.extractor.faces_in(frames)
             answer = self._answer(faces)
         except Exception as exc:  # noqa: BLE001 - one bad file must not cost the whole submission
-            failures = getattr(self._local, "failures", None)
-            (self.failures if failures is None else failures).append(str(path))
+            self._sink("failures").append(str(path))
             problem = str(exc) if str(path) in str(exc) else f"{path}: {exc.__class__.__name__}: {exc}"
             warnings.warn(f"{problem}; predicting {UNKNOWN}", UnreadableVideoWarning, stacklevel=2)
             self._record(path, None, problem)

@@ -11,11 +11,12 @@ step by step, per video, on this machine:
 * classify: every fold model on the crops (with flip TTA if configured) and the aggregation;
 * total = decode + detect + classify, one video at a time, and its ratio to decode;
 * predict: seconds per video of `VideoPredictor.predict` itself over the set (each file of a set of
-  fewer than four repeated), with its read-ahead (`infer.read_ahead`): the next video is decoded while
-  this one is detected and classified, so a video costs about the larger of the two - what a
-  kernel's submission pays per video, and its ratio to decode;
-* 2 at a time: seconds per video when two videos are processed at once (two threads, one extractor
-  each, as `faces.workers=2` does in `detect`): decoding one while detecting the other;
+  fewer than four repeated), one video at a time with read-ahead (`infer.workers=1
+  infer.read_ahead=1`): the next video is decoded while this one is detected and classified, so a
+  video costs about the larger of the two, and its ratio to decode;
+* 2 at a time: the same `predict` with two videos in flight (`infer.workers=2`, the deepfake
+  default: two threads, an extractor each): decoding one while detecting the other - what a
+  kernel's submission pays per video with the default config;
 * full decode: every frame decoded without RGB conversion (`decode_all`), for reference.
 
 Video sets: the demo test videos (generated on first use, like `train`) and each real clip of
@@ -101,40 +102,21 @@ def time_video(predictor, path: Path) -> dict:
             "with face": faces.frames_with_face / max(len(frames), 1), "size": f"{frames.shape[2]}x{frames.shape[1]}"}
 
 
-def two_at_a_time(predictor, files: list[Path], passes: int = 2) -> float:
-    """Seconds per video with two videos in flight (two threads, an extractor each): what `detect`
-    with `faces.workers=2` and a kernel's prefetching get from two cores. A set of one file is
-    processed `2 * passes` times."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from common.video.face_cache import FaceExtractor
-
-    jobs = list(files) * max(1, (2 * passes) // max(len(files), 1))
-    local = threading.local()
-
-    def one(path: Path) -> None:
-        if not hasattr(local, "extractor"):
-            local.extractor = FaceExtractor.from_config(predictor.cfg)
-        faces = local.extractor(path)
-        predictor.crop_probabilities(faces.crops)
-
-    one(jobs[0])  # warm-up before the clock starts (first model call, decoder and detector set-up)
-    started = time.perf_counter()
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(one, jobs))
-    return (time.perf_counter() - started) / len(jobs)
-
-
-def through_predict(predictor, files: list[Path], least: int = 4) -> float:
-    """Seconds per video of `predictor.predict` (read-ahead included) over `files`, repeated to at
-    least `least` videos, after one warm-up video."""
-    jobs = list(files) * max(1, -(-least // max(len(files), 1)))
-    predictor.predict(jobs[:1])
-    started = time.perf_counter()
-    predictor.predict(jobs)
-    predictor.records.clear()
-    return (time.perf_counter() - started) / len(jobs)
+def through_predict(predictor, files: list[Path], *, workers: int, read_ahead: int, least: int = 4) -> float:
+    """Seconds per video of `predictor.predict` over `files` (repeated to at least `least` videos, after
+    a warm-up on one) with `infer.workers` and `infer.read_ahead` set as given, then restored."""
+    infer = predictor.cfg.infer
+    saved = infer.get("workers", 1), infer.get("read_ahead", 0)
+    infer["workers"], infer["read_ahead"] = workers, read_ahead
+    try:
+        jobs = list(files) * max(1, -(-least // max(len(files), 1)))
+        predictor.predict(jobs[:1])
+        started = time.perf_counter()
+        predictor.predict(jobs)
+        return (time.perf_counter() - started) / len(jobs)
+    finally:
+        infer["workers"], infer["read_ahead"] = saved
+        predictor.records.clear()
 
 
 def report(rows: list[dict], cfg, predictor, options: dict, seconds: float) -> str:
@@ -160,9 +142,9 @@ def report(rows: list[dict], cfg, predictor, options: dict, seconds: float) -> s
                      f"{row['pair']:.3f} | {row['pair'] / row['decode']:.2f} | "
                      f"{row['full decode']:.3f} | {row['with face']:.0%} |")
     lines += ["", "Seconds per video. decode + detect + classify = total, what `common.video.inference` spends on one "
-              "video at a time; predict: `VideoPredictor.predict` over the set with read-ahead "
-              f"{predictor.cfg.infer.get('read_ahead', 0)} (decoding the next video meanwhile); decode is `read_frames` alone (the floor: sampled frames only, non-reference frames "
-              "skipped where the codec allows); 2 at a time: two videos in flight on two threads; full decode: every "
+              "video at a time; predict: `VideoPredictor.predict` over the set, one video at a time with read-ahead 1 "
+              "(decoding the next video meanwhile); decode is `read_frames` alone (the floor: sampled frames only, non-reference frames "
+              "skipped where the codec allows); 2 at a time: the same predict with two videos in flight (infer.workers=2, the default); full decode: every "
               "frame decoded, none converted.", f"Bench wall time {seconds:.0f} s."]
     return "\n".join(lines)
 
@@ -199,8 +181,8 @@ def main(argv: list[str]) -> int:
                **{k: float(table[k].mean()) for k in ("decode", "detect", "classify", "full decode", "frames",
                                                        "total_frames", "with face")}}
         row["total"] = row["decode"] + row["detect"] + row["classify"]
-        row["predict"] = through_predict(predictor, files)
-        row["pair"] = two_at_a_time(predictor, files)
+        row["predict"] = through_predict(predictor, files, workers=1, read_ahead=1)
+        row["pair"] = through_predict(predictor, files, workers=2, read_ahead=0)
         rows.append(row)
         print(f"{name}: {len(files)} videos, decode {row['decode']:.3f} s, detect {row['detect']:.3f} s, classify "
               f"{row['classify']:.3f} s, total {row['total']:.3f} s ({row['total'] / row['decode']:.2f}x decode), predict "

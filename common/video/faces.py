@@ -283,6 +283,26 @@ MTCNN_PACKAGE = "facenet-pytorch==2.6.0"
 MTCNN_BATCH = 16  # frames per batched MTCNN call: bounds the pyramid's memory (16 frames of 640x360: ~60 MB)
 
 
+def _channels_last(net):
+    """``net`` (one of MTCNN's P/R/O-Nets) with its weights and every input in channels-last layout.
+
+    Why: torch's CPU convolutions and max-pooling have vectorised NHWC kernels, and R-/O-Net run on
+    thousands of small candidate crops per video. Same numbers, less time: on the real 1080p DFDC
+    clip with the most candidates, 32 frames at 640 px took 1.20 s instead of 2.05 s, every box equal.
+    """
+    import torch
+
+    class ChannelsLast(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner.to(memory_format=torch.channels_last)
+
+        def forward(self, x):
+            return self.inner(x.contiguous(memory_format=torch.channels_last))
+
+    return ChannelsLast(net)
+
+
 class MtcnnDetector:
     """MTCNN (P-, R- and O-Net cascade) of ``facenet-pytorch``, on CPU unless told otherwise.
 
@@ -309,6 +329,7 @@ class MtcnnDetector:
         self.max_side, self.min_face_frac = max_side, float(min_face_frac)
         self.net = MTCNN(keep_all=True, device=device, thresholds=list(thresholds), factor=factor,
                          select_largest=False, post_process=False)
+        self.pnet, self.rnet, self.onet = (_channels_last(n) for n in (self.net.pnet, self.net.rnet, self.net.onet))
 
     def detect_landmarks(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.detect_landmarks_batch([rgb])[0]
@@ -339,8 +360,8 @@ class MtcnnDetector:
             for start in range(0, len(members), MTCNN_BATCH):
                 chunk = members[start:start + MTCNN_BATCH]
                 with torch.no_grad():
-                    boxes, points = detect_face(np.stack([smalls[i][0] for i in chunk]), smallest, net.pnet,
-                                                net.rnet, net.onet, net.thresholds, net.factor, net.device)
+                    boxes, points = detect_face(np.stack([smalls[i][0] for i in chunk]), smallest, self.pnet,
+                                                self.rnet, self.onet, net.thresholds, net.factor, net.device)
                 for i, b, p in zip(chunk, boxes, points):
                     out[i] = self._to_frame(np.asarray(b, np.float32).reshape(-1, 5),
                                             np.asarray(p, np.float32).reshape(-1, 5, 2), smalls[i][1], images[i].shape)

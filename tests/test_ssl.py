@@ -388,3 +388,36 @@ def test_pretrain_refuses_tiles_too_small_for_the_backbone_before_any_folder(tin
     err = capsys.readouterr().err
     assert "ssl.image_size=[" in err and "Traceback" not in err
     assert not (tmp_path / "whales" / "ssl").exists()
+
+
+def test_extra_images_join_the_pretext_pool_but_not_the_knn_check(tiny_whales, tmp_path, capsys):
+    """ssl.extra_images: a folder of unlabelled images (searched recursively) and a single file both
+    join the pool; the kNN check still counts only the labelled train images; a missing folder is an
+    error naming the key before any run folder exists."""
+    import shutil
+
+    from common.core.cli import main
+    from competitions.whales import COMPETITION
+
+    extra = tmp_path / "unlabelled" / "deep"
+    extra.mkdir(parents=True)
+    photos = sorted((tiny_whales / "test").glob("*.jpg"))
+    for i, photo in enumerate(photos[:6]):
+        shutil.copy(photo, extra / f"u{i}.jpg")
+    single = tmp_path / "one.jpg"
+    shutil.copy(photos[0], single)
+    base = ["pretrain", "preset=smoke", "ssl.method=rotation", f"data.root={tiny_whales}", f"run.root={tmp_path}",
+            "progress=false", "data.num_workers=0", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert main(COMPETITION, [*base, "run.name=plain"]) == 0, capsys.readouterr().err
+    plain = json.loads((tmp_path / "whales" / "plain" / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(COMPETITION, [*base, "run.name=more", f"ssl.extra_images=[{tmp_path / 'unlabelled'},{single}]"]) == 0
+    out = capsys.readouterr().out
+    more = json.loads((tmp_path / "whales" / "more" / "metrics.json").read_text())
+    assert more["images"] == plain["images"] + 7 and "+ 7 extra images" in out
+    assert more["knn_images"] == plain["knn_images"] and more["knn_queries"] == plain["knn_queries"]
+
+    assert main(COMPETITION, [*base, "run.name=bad", f"ssl.extra_images=[{tmp_path / 'nowhere'}]"]) == 2
+    err = capsys.readouterr().err
+    assert "ssl.extra_images" in err and "nowhere" in err and "Traceback" not in err
+    assert not (tmp_path / "whales" / "bad").exists()

@@ -22,7 +22,8 @@ Keys (defaults in common/defaults.yaml): `ssl.method`, `ssl.epochs`, `ssl.batch_
 `ssl.jigsaw_permutations`, `ssl.min_side` (tiles and patches under it are upsampled for the backbone),
 `ssl.damaged_missing_head`, `ssl.context_patch`, `ssl.exemplar_views`, `ssl.inpaint_mask`,
 `ssl.inpaint_area`, `ssl.inpaint_outside_weight`, `ssl.knn_images` (train images in the kNN check), `ssl.max_images`
-(null: pretrain on all images), `ssl.warmup_epochs` (null: 1 when more than 2 epochs),
+(null: pretrain on all images), `ssl.extra_images` (folders or files of unlabelled in-domain images that join
+the pretext pool, e.g. photos never labelled; never in the kNN check), `ssl.warmup_epochs` (null: 1 when more than 2 epochs),
 `ssl.weight_decay` (null: train.weight_decay). The optimiser and schedule are `train.*`'s. For
 deepfake the images are the cached face crops of every train and test video (`face_crop_items`).
 
@@ -149,6 +150,9 @@ def check_pretrain_config(cfg, comp=None) -> None:
     from common.tasks import TASKS
 
     validate_config(cfg, TASKS.get(comp.task) if comp is not None else None)
+    if extra_image_paths(cfg) and comp is not None and comp.task == "video":
+        raise ConfigError("ssl.extra_images: deepfake pretrains on the face crops of its videos; "
+                          "extra images are for the image competitions")
     backbone = create_backbone(cfg.model.backbone, False)
     check_backbone_inputs(cfg.ssl.method, backbone, pretrain_size(cfg), cfg.ssl, cfg.model.backbone)
 
@@ -166,20 +170,42 @@ class PretextImages:
     described: str  # "N train + M test images" or the like, for the first log line
 
 
+def extra_image_paths(cfg) -> list[str]:
+    """`ssl.extra_images`: a folder (searched recursively) or an image file per entry -> the image
+    paths, in order; a DataError naming the entry for a missing path or a folder without images."""
+    from common.data.tables import files_table
+
+    entries = cfg.ssl.get("extra_images") or []
+    if isinstance(entries, str):
+        entries = [entries]
+    if not isinstance(entries, (list, tuple)):
+        raise ConfigError(f"ssl.extra_images={entries!r}: expected a list of folders or image files")
+    paths: list[str] = []
+    for entry in entries:
+        try:
+            paths += list(files_table(str(entry)).path)
+        except DataError as error:
+            raise DataError(f"ssl.extra_images: {error}") from None
+    return paths
+
+
 def photo_items(comp, cfg, size) -> PretextImages:
-    """Image competitions: every train and test image at the pretraining size; identities pair
-    micle's photos and are what the kNN check recognises."""
+    """Image competitions: every train and test image at the pretraining size, and the unlabelled
+    images of `ssl.extra_images`; identities pair micle's photos and are what the kNN check
+    recognises."""
     root = Path(distributed.on_main(resolve_data_root, cfg, comp.name, comp.slug, comp.write_demo))
     train_df, test_df = comp.read_train(root, cfg), comp.read_test(root)
+    extra = extra_image_paths(cfg)
     data_cfg = copy.deepcopy(cfg)
     data_cfg.data.image_size = size
-    images = ImageSet(data_cfg, comp.name, train_df, test_df).images  # train + test at the pretraining size
+    images = ImageSet(data_cfg, comp.name, train_df, test_df, extra).images  # at the pretraining size
     labels = train_df.label.to_numpy(dtype=object)
     pair_labels = np.concatenate([np.where(labels == comp.new_label, None, labels),
-                                  np.full(len(test_df), None, dtype=object)])  # test: unlabelled
+                                  np.full(len(test_df) + len(extra), None, dtype=object)])  # test, extra: unlabelled
     eval_rows = knn_rows(labels, comp.new_label, int(cfg.ssl.knn_images), cfg.seed)
     return PretextImages(images, pair_labels, eval_rows, labels[eval_rows],
-                         f"{len(train_df)} train + {len(test_df)} test images")
+                         f"{len(train_df)} train + {len(test_df)} test" + (f" + {len(extra)} extra" if extra else "")
+                         + " images")
 
 
 def face_crop_items(comp, cfg) -> PretextImages:

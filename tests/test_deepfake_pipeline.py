@@ -334,13 +334,19 @@ def test_face_cache_is_built_once_and_records_unreadable_videos(demo, tmp_path):
     assert {p: again.crop_file(p).stat().st_mtime_ns for p in videos} == stamps
     other = FaceCache(FaceExtractor(frames=2, size=24), tmp_path / "cache", progress=False)
     assert other.directory != cache.directory and not other.is_done(videos[0])  # new settings, new crops
+    between = FaceCache(FaceExtractor(frames=3, size=24, detect_every=2, between="interpolate"), tmp_path / "cache",
+                        progress=False)
+    assert between.directory not in (cache.directory, other.directory)
+    with pytest.raises(ConfigError, match="faces.mode=largest"):
+        FaceExtractor(frames=3, size=24, mode="all", detect_every=2, between="interpolate")
 
 
 def test_bad_choices_fail_before_any_folder_is_made(tmp_path, capsys):
     for override, message in [("faces.mode=some", "faces.mode=some; choose from largest, all"),
                               ("blend.mode=sometimes", "blend.mode=sometimes"),
                               ("data.image_size=[64,48]", "face crops are square"),
-                              ("infer.aggregation=vote", "infer.aggregation=vote")]:
+                              ("infer.aggregation=vote", "infer.aggregation=vote"),
+                              ("faces.between=guess", "faces.between=guess; choose from look, interpolate")]:
         assert main(deepfake.COMPETITION, ["train", override, f"run.root={tmp_path}"]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "deepfake").exists()

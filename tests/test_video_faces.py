@@ -15,6 +15,7 @@ from common.video.faces import (
     create_detector,
     crop_face,
     extract_faces,
+    _interpolated_face,
     landmark_box,
     link_tracks,
     ssd_output_to_boxes,
@@ -408,3 +409,35 @@ def test_detect_every_searches_whole_frames_only_every_k_th():
     assert len(detector.shapes) == 6 and whole == [0, 1]  # frames 0 and 3 whole (detected first), 4 windows
     with pytest.raises(ValueError, match="detect_every"):
         extract_faces(frames, detector, detect_every=0)
+
+
+def test_between_interpolate_runs_no_detector_between_searched_frames():
+    """faces.between=interpolate: frames 0 and 3 are searched whole (detect_every=3); frames 1-2 get
+    the box and landmarks interpolated between them, frames 4-5 frame 3's, held; no window search."""
+    class _Moving:
+        """A face at x = 100 + the frame's pixel value, landmarks at its corners."""
+
+        def __init__(self):
+            self.calls = []
+
+        def detect_landmarks(self, rgb):
+            self.calls.append(rgb.shape[:2])
+            x = 100.0 + rgb[0, 0, 0]
+            box = np.array([[x, 50, x + 60, 130, 0.9 - rgb[0, 0, 0] / 1000]], np.float32)
+            return box, np.array([[[x, 50]] * 5], np.float32)
+
+    frames = np.stack([np.full((240, 320, 3), 10 * i, np.uint8) for i in range(6)])
+    detector = _Moving()
+    crops = extract_faces(frames, detector, size=32, detect_every=3, between="interpolate")
+    assert detector.calls == [(240, 320), (240, 320)]  # frames 0 and 3 only
+    assert [c.frame_idx for c in crops] == list(range(6)) and not any(c.second_look for c in crops)
+    found = [None] * 6
+    found[0], found[3] = detector.detect_landmarks(frames[0]), detector.detect_landmarks(frames[3])
+    box, points = _interpolated_face(found, [0, 3], 1)
+    np.testing.assert_allclose(box[0], [110, 50, 170, 130, 0.87], rtol=1e-6)  # a third of the way; the lower score
+    np.testing.assert_allclose(points[0, 0], [110, 50])
+    np.testing.assert_allclose(_interpolated_face(found, [0, 3], 5)[0][0], found[3][0][0])
+    with pytest.raises(ValueError, match="largest"):
+        extract_faces(frames, detector, detect_every=3, between="interpolate", mode="all")
+    with pytest.raises(ValueError, match="between"):
+        extract_faces(frames, detector, detect_every=3, between="guess")

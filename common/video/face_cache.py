@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.core.errors import ConfigError, DataError
-from common.video.faces import EXTRACT_MODES, FALLBACK_SCORE, MissingWeightsError, create_detector, extract_faces
+from common.video.faces import BETWEEN_MODES, EXTRACT_MODES, FALLBACK_SCORE, MissingWeightsError, create_detector, extract_faces
 from common.video.frames import BACKENDS, DEFAULT_BACKEND, read_frames
 
 # `faces.detector=auto` takes the first of these that can be built (mtcnn: facenet-pytorch installed;
@@ -114,7 +114,7 @@ class FaceExtractor:
 
     def __init__(self, *, frames: int, size: int, margin: float = 0.3, mode: str = "largest",
                  detector: str = "haar", weights_dir: str | None = None, backend: str = DEFAULT_BACKEND,
-                 max_faces: int = 2, detect_every: int = 1):
+                 max_faces: int = 2, detect_every: int = 1, between: str = "look"):
         if mode not in EXTRACT_MODES:
             raise ConfigError(f"faces.mode={mode}; choose from {', '.join(EXTRACT_MODES)}")
         if backend not in BACKENDS:
@@ -126,20 +126,26 @@ class FaceExtractor:
             raise ConfigError(f"faces.max_faces={max_faces}; at least 1")
         if int(detect_every) < 1:
             raise ConfigError(f"faces.detect_every={detect_every}; at least 1")
+        if between not in BETWEEN_MODES:
+            raise ConfigError(f"faces.between={between}; choose from {', '.join(BETWEEN_MODES)}")
+        if between == "interpolate" and mode != "largest":
+            raise ConfigError(f"faces.between=interpolate follows one face: it needs faces.mode=largest (got {mode})")
         self.weights_dir, self.max_faces, self.detect_every = weights_dir, int(max_faces), int(detect_every)
+        self.between = between
         self.detector_name, self.detector = resolve_detector(detector, weights_dir)
 
     def fresh(self) -> "FaceExtractor":
         """The same settings with a detector of its own (detectors are not guaranteed thread-safe)."""
         return FaceExtractor(frames=self.frames, size=self.size, margin=self.margin, mode=self.mode,
                              detector=self.detector_name, weights_dir=self.weights_dir, backend=self.backend,
-                             max_faces=self.max_faces, detect_every=self.detect_every)
+                             max_faces=self.max_faces, detect_every=self.detect_every, between=self.between)
 
     @classmethod
     def from_config(cls, cfg) -> "FaceExtractor":
         return cls(frames=cfg.video.frames, size=crop_size(cfg), margin=cfg.faces.margin, mode=cfg.faces.mode,
                    detector=cfg.faces.detector, weights_dir=cfg.faces.get("weights_dir"), backend=cfg.video.backend,
-                   max_faces=cfg.faces.get("max_faces", 2), detect_every=cfg.faces.get("detect_every", 1))
+                   max_faces=cfg.faces.get("max_faces", 2), detect_every=cfg.faces.get("detect_every", 1),
+                   between=cfg.faces.get("between", "look"))
 
     def settings(self) -> dict:
         """Everything that changes the crops; its hash names the cache folder. The backend belongs
@@ -147,7 +153,8 @@ class FaceExtractor:
         return {"frames": self.frames, "size": self.size, "margin": self.margin, "mode": self.mode,
                 "detector": self.detector_name, "backend": self.backend, "extract": EXTRACT_VERSION,
                 **({"max_faces": self.max_faces} if self.mode == "all" else {}),
-                **({"detect_every": self.detect_every} if self.detect_every > 1 else {})}
+                **({"detect_every": self.detect_every} if self.detect_every > 1 else {}),
+                **({"between": self.between} if self.detect_every > 1 and self.between != "look" else {})}
 
     def read(self, path: str | Path) -> np.ndarray:
         """The sampled frames (raises `VideoReadError` naming the file)."""
@@ -155,7 +162,7 @@ class FaceExtractor:
 
     def faces_in(self, frames: np.ndarray) -> VideoFaces:
         found = extract_faces(frames, self.detector, margin=self.margin, size=self.size, mode=self.mode,
-                              max_faces=self.max_faces, detect_every=self.detect_every)
+                              max_faces=self.max_faces, detect_every=self.detect_every, between=self.between)
         return VideoFaces(crops=np.stack([f.crop for f in found]),
                           frame_idx=np.array([f.frame_idx for f in found], np.int32),
                           face_idx=np.array([f.face_idx for f in found], np.int32),

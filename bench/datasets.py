@@ -76,7 +76,7 @@ def _already_arranged(dst: Path, params: dict) -> bool:
 
 
 def _write(dst: Path, dataset: str, seed: int, params: dict,
-           train: Sequence[tuple[Photo, str]], test: Sequence[tuple[Photo, str]]) -> Path:
+           train: Sequence[tuple[Photo, str]], test: Sequence[tuple[Photo, str]], unlabeled: Sequence[Photo] = ()) -> Path:
     """Write (photo, answer) pairs as train/, test/ and the CSV files, then the marker.
 
     Built in a temporary sibling folder and moved into place at the end, so a reader (or a second
@@ -85,7 +85,7 @@ def _write(dst: Path, dataset: str, seed: int, params: dict,
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
-        _write_files(tmp, dataset, seed, params, train, test)
+        _write_files(tmp, dataset, seed, params, train, test, unlabeled)
         if _already_arranged(dst, params):  # someone else finished the same arrangement meanwhile
             return dst
         if dst.exists():
@@ -100,11 +100,13 @@ def _write(dst: Path, dataset: str, seed: int, params: dict,
     return dst
 
 
-def _write_files(dst: Path, dataset: str, seed: int, params: dict,
-                 train: Sequence[tuple[Photo, str]], test: Sequence[tuple[Photo, str]]) -> None:
-    rows = {"train": [], "test": []}
+def _write_files(dst: Path, dataset: str, seed: int, params: dict, train: Sequence[tuple[Photo, str]],
+                 test: Sequence[tuple[Photo, str]], unlabeled: Sequence[Photo] = ()) -> None:
+    rows = {"train": [], "test": [], "unlabeled": []}
     names: set[str] = set()
-    for split, pairs in (("train", train), ("test", test)):
+    for split, pairs in (("train", train), ("test", test), ("unlabeled", [(p, None) for p in unlabeled])):
+        if split == "unlabeled" and not pairs:
+            continue
         (dst / split).mkdir()
         for photo, answer in pairs:
             name = _image_name(dataset, seed, photo.key)
@@ -222,7 +224,8 @@ def omniglot_drawings(zip_path: str | Path) -> dict[str, dict[str, dict[int, str
 
 def write_omniglot_whale_format(zip_path: str | Path, dst: str | Path, *,
                                 n_characters: int | None = None, train_drawers: int = 10, test_drawers: int = 4,
-                                held_out_fraction: float = 0.3, new_whale_train: int | None = None, seed: int = 0) -> Path:
+                                held_out_fraction: float = 0.3, new_whale_train: int | None = None, seed: int = 0,
+                                unlabeled_rest: bool = False) -> Path:
     """An Omniglot background zip as a whale-format dataset in `dst` (read from the zip); returns `dst`.
 
     Identities are characters (`Alphabet_characterNN`), `n_characters` of them at random (None: all).
@@ -230,7 +233,9 @@ def write_omniglot_whale_format(zip_path: str | Path, dst: str | Path, *,
     train and the next `test_drawers` in test (people train never saw). A `held_out_fraction` of the
     characters never appears in train.csv: `new_whale_train` (default: `train_drawers`) of their
     train-drawer drawings go into train as `new_whale`, their test-drawer drawings into test (truth
-    `new_whale`).
+    `new_whale`). `unlabeled_rest` writes every drawing of the characters *not* chosen into
+    `unlabeled/` (no label, no CSV): in-domain images for self-supervised pretraining that are
+    neither train nor test images of the task.
     """
     zip_path, dst = Path(zip_path), Path(dst)
     characters: dict[str, dict[int, str]] = {
@@ -253,6 +258,8 @@ def write_omniglot_whale_format(zip_path: str | Path, dst: str | Path, *,
         params = {"dataset": "omniglot", "src": str(zip_path.resolve()), "n_characters": n_characters,
                   "train_drawers": train_drawers, "test_drawers": test_drawers,
                   "held_out_fraction": held_out_fraction, "new_whale_train": new_whale_train, "seed": seed}
+        if unlabeled_rest:  # only when asked, so that the markers of earlier arrangements stay valid
+            params["unlabeled_rest"] = True
         if _already_arranged(dst, params):
             return dst
         rng = np.random.default_rng(seed)
@@ -273,7 +280,9 @@ def write_omniglot_whale_format(zip_path: str | Path, dst: str | Path, *,
             else:
                 train += [(photo[d], NEW_WHALE) for d in seen_by_train[:new_whale_train]]
                 test += [(photo[d], NEW_WHALE) for d in test_only]
-        return _write(dst, f"omniglot-{zip_path.stem}", seed, params, train, test)
+        rest = [Photo(identity, member, _zip_reader(archive, member)) for identity in sorted(set(characters) - set(chosen))
+                for _, member in sorted(characters[identity].items())] if unlabeled_rest else []
+        return _write(dst, f"omniglot-{zip_path.stem}", seed, params, train, test, rest)
 
 
 # The split both whale-format benches pin: half of train.csv trains one fold model, half gives its

@@ -27,7 +27,7 @@ antelopes) and a small whale demo set. Reported per init x dataset x seed:
 summary gives mean ± std, so that a claim "beats random init" can be read against the spread.
 
 Usage: `./run.sh bench pretrain [datasets=orl,omniglot,omniglot2,nyala,whales] [inits=random,imagenet,simclr,...]
-[seeds=42,43,44] [out=DIR] [reuse=true] [verbose=true] [threads=N (default 1: faster on a busy shared machine)]
+[seeds=42,43,44] [unlabeled=false] [out=DIR] [reuse=true] [verbose=true] [threads=N (default 1: faster on a busy shared machine)]
 [any whale config key=value ...]`; whale keys
 (e.g. `train.epochs=20`, `ssl.epochs=30`, `data.image_size=[96,96]`) replace the budget below.
 `inits` may also name `imagenet+<method>` (pretext training that starts from ImageNet weights).
@@ -55,6 +55,7 @@ from common.core.errors import ConfigError, DataError
 from common.core.paths import REPO_ROOT
 
 NEW_WHALE = "new_whale"
+UNLABELED = "unlabeled"  # a dataset folder's images that only pretext tasks see (ssl.extra_images)
 SSL_METHODS = ("simclr", "micle", "rotation", "jigsaw", "damaged_jigsaw", "context", "exemplar", "inpainting")
 
 
@@ -67,7 +68,8 @@ def _orl(dst: Path) -> Path:
 def _omniglot(dst: Path, zip_name: str = "small1") -> Path:
     from bench.datasets import OMNIGLOT_ZIPS, write_omniglot_whale_format
 
-    return write_omniglot_whale_format(OMNIGLOT_ZIPS[zip_name], dst, n_characters=30)
+    # the other characters' drawings go to unlabeled/: pretext-only images (ssl.extra_images)
+    return write_omniglot_whale_format(OMNIGLOT_ZIPS[zip_name], dst, n_characters=30, unlabeled_rest=True)
 
 
 def _omniglot2(dst: Path) -> Path:
@@ -86,11 +88,13 @@ def _whales(dst: Path) -> Path:
     from competitions.whales.demo import write_demo
 
     params = dict(n_identities=30, n_train=150, n_test=60, seed=0)
+    unlabeled = dict(n_identities=100, n_train=500, n_test=20, seed=1)  # other whales: pretext-only images
     marker = dst / ".bench.json"
-    if marker.is_file() and json.loads(marker.read_text()) == params:
+    if marker.is_file() and json.loads(marker.read_text()) == {**params, "unlabeled": unlabeled}:
         return dst
     write_demo(dst, progress=False, **params)
-    marker.write_text(json.dumps(params))
+    write_demo(dst / UNLABELED, progress=False, **unlabeled)
+    marker.write_text(json.dumps({**params, "unlabeled": unlabeled}))
     return dst
 
 
@@ -131,7 +135,7 @@ BUDGET: list[str] = [
 ]
 
 OPTIONS = {"datasets": "orl,omniglot,whales", "inits": ",".join(DEFAULT_INITS), "seeds": "42", "out": "outputs/bench",
-           "threads": 1, "reuse": False, "verbose": False}
+           "threads": 1, "reuse": False, "verbose": False, "unlabeled": True}
 
 
 def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
@@ -197,9 +201,10 @@ def _redirect(log: Path, verbose: bool):
 
 
 def run_init(root: Path, out: Path, dataset: str, init: str, overrides: list[str], *, reuse: bool,
-             verbose: bool, seed: int = 42) -> dict:
+             verbose: bool, seed: int = 42, unlabeled: bool = True) -> dict:
     """Pretrain (for a pretext init), measure the frozen kNN, fine-tune; one row of the table.
-    `seed` (the config's `seed`) seeds pretraining, the fold split and fine-tuning; the data stay the same."""
+    `seed` (the config's `seed`) seeds pretraining, the fold split and fine-tuning; the data stay the same.
+    With `unlabeled`, a pretext task also learns from the dataset's `unlabeled/` images, if it has any."""
     import common.models.pretrained  # noqa: F401  registers model.pretrained=pypi
     from common.tasks.engine import train
     from common.ssl.pretrain import pretrain
@@ -216,8 +221,9 @@ def run_init(root: Path, out: Path, dataset: str, init: str, overrides: list[str
     try:
         keys = list(spec["keys"])
         if "ssl" in spec:
+            extra = [f"ssl.extra_images=[{root / UNLABELED}]"] if unlabeled and (root / UNLABELED).is_dir() else []
             ssl_cfg = whale_config(root, out, dataset, f"pretrain-{dataset}-ssl-{init}{suffix}",
-                                   keys + [f"ssl.method={spec['ssl']}"], overrides)
+                                   keys + [f"ssl.method={spec['ssl']}", *extra], overrides)
             ssl_run = out / "runs" / COMPETITION.name / ssl_cfg.run.name
             if not (reuse and finished_run(ssl_run, ssl_cfg)):
                 shutil.rmtree(ssl_run, ignore_errors=True)  # the bench owns its run folders
@@ -361,7 +367,7 @@ def main(argv: list[str]) -> int:
         print(f"\n{dataset}: {summaries[dataset]}", flush=True)
         for init, seed in ((i, s) for i in options["inits"] for s in options["seeds"]):
             row = run_init(root, out, dataset, init, overrides, reuse=bool(options["reuse"]),
-                           verbose=bool(options["verbose"]), seed=seed)
+                           verbose=bool(options["verbose"]), seed=seed, unlabeled=bool(options["unlabeled"]))
             rows.append(row)
             print(f"  {init:18s} seed {seed}  kNN {_fmt(row.get('knn_top1'))}  test MAP@5 {_fmt(row.get('test_map5'))}  "
                   f"top-1 {_fmt(row.get('top1'))}  {_fmt(row.get('seconds'), 0)} s  {row.get('status')}", flush=True)

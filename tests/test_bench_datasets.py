@@ -136,6 +136,26 @@ def test_omniglot_layout_unseen_drawers_and_held_out_characters(shared_data, tmp
                                     test_drawers=3, held_out_fraction=0.3, new_whale_train=1, seed=0))
 
 
+def test_omniglot_unlabeled_rest_holds_every_other_character_and_nothing_of_the_task(shared_data, tmp_path):
+    """unlabeled_rest: all 20 drawings of each character that is not an identity of the task (pretext
+    images that are neither train nor test images), the task itself unchanged."""
+    zip_path = shared_data / "omniglot" / "images_background_small1.zip"
+    args = dict(n_characters=20, train_drawers=6, test_drawers=3, held_out_fraction=0.3, new_whale_train=1, seed=0)
+    plain = write_omniglot_whale_format(zip_path, tmp_path / "plain", **args)
+    root = write_omniglot_whale_format(zip_path, tmp_path / "rest", **args, unlabeled_rest=True)
+    assert not (plain / "unlabeled").exists()
+    digest = _folder_digest(root)
+    assert {k: v for k, v in digest.items() if not k.startswith("unlabeled/") and k != ".arrangement.json"} == \
+        {k: v for k, v in _folder_digest(plain).items() if k != ".arrangement.json"}
+    sources = _omniglot_sources(zip_path)
+    task = {sources[hashlib.sha1(p.read_bytes()).hexdigest()][0] for split in ("train", "test")
+            for p in (root / split).iterdir()}
+    rest = [sources[hashlib.sha1(p.read_bytes()).hexdigest()] for p in (root / "unlabeled").iterdir()]
+    characters = {source[0] for source in sources.values()}
+    assert len(task) == 20 and {c for c, _ in rest} == characters - task
+    assert len(rest) == len(set(rest)) == 20 * len(characters - task)
+
+
 def test_missing_sources_and_bad_arguments_are_data_errors(shared_data, tmp_path):
     with pytest.raises(DataError, match="not found"):
         write_orl_whale_format(tmp_path / "nothing", tmp_path / "out")

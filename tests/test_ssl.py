@@ -421,3 +421,18 @@ def test_extra_images_join_the_pretext_pool_but_not_the_knn_check(tiny_whales, t
     err = capsys.readouterr().err
     assert "ssl.extra_images" in err and "nowhere" in err and "Traceback" not in err
     assert not (tmp_path / "whales" / "bad").exists()
+
+
+def test_pretrain_refuses_a_bad_data_root_before_any_folder(tmp_path, capsys):
+    from common.core.cli import main
+    from competitions.whales import COMPETITION
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for root, message in [(tmp_path / "nowhere", "is not a folder"), (empty, "train.csv")]:
+        args = ["pretrain", "preset=smoke", "ssl.method=rotation", f"data.root={root}", f"run.root={tmp_path / 'runs'}",
+                "run.name=ssl", "progress=false"]
+        assert main(COMPETITION, args) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert not (tmp_path / "runs" / "whales" / "ssl").exists()

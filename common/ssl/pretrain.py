@@ -153,6 +153,9 @@ def check_pretrain_config(cfg, comp=None) -> None:
     if extra_image_paths(cfg) and comp is not None and comp.task == "video":
         raise ConfigError("ssl.extra_images: deepfake pretrains on the face crops of its videos; "
                           "extra images are for the image competitions")
+    if comp is not None and comp.task != "video":  # a bad data root or table: an error, not an empty run folder
+        root = Path(distributed.on_main(resolve_data_root, cfg, comp.name, comp.slug, comp.write_demo))
+        comp.read_train(root, cfg), comp.read_test(root)
     backbone = create_backbone(cfg.model.backbone, False)
     check_backbone_inputs(cfg.ssl.method, backbone, pretrain_size(cfg), cfg.ssl, cfg.model.backbone)
 

@@ -408,6 +408,7 @@ def test_real_preset_is_a_valid_config():
     validate_config(cfg, TASKS.get(COMPETITION.task))
     assert (cfg.model.pretrained, cfg.augment.train, cfg.augment.part_dropout, cfg.video.frames) == \
         ("pypi", "face_real", 0.3, 32)
+    assert (cfg.faces.detect_every, cfg.faces.between) == (4, "interpolate")
 
 
 def test_pretrain_on_cached_face_crops_then_train_starts_from_it(demo, tmp_path, capsys):

@@ -128,7 +128,9 @@ def report(rows: list[dict], cfg, predictor, options: dict, seconds: float) -> s
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), CPU; "
         f"backbone {cfg.model.backbone} at {cfg.data.image_size[0]} px, {len(predictor.models)} model(s), "
         f"flip TTA {bool(cfg.infer.tta_flip)}; {cfg.video.frames} frames per video, detector "
-        f"{predictor.extractor.detector_name}, faces {cfg.faces.mode}. Mean over the videos of each set"
+        f"{predictor.extractor.detector_name}, faces {cfg.faces.mode}"
+        + (f", whole frames every {predictor.extractor.detect_every} ({predictor.extractor.between} between)"
+           if predictor.extractor.detect_every > 1 else "") + ". Mean over the videos of each set"
         f"{' (each timing the best of ' + str(options['repeat']) + ' passes)' if int(options['repeat']) > 1 else ''}.",
         "",
         "| videos | n | frame size | frames kept / in file | decode (floor) | detect | classify | total | total / decode "

@@ -639,9 +639,11 @@ def extract_faces(
     enters between two whole-frame passes is missed until the next one (``mode="all"``).
     ``between="interpolate"`` (``mode="largest"`` only) runs no detector on those frames at all: the
     largest face's box and landmarks are interpolated linearly between the nearest searched frames
-    before and after (held at the ends), at the lower of their scores. Sampled frames of a talking
-    head are a third of a second apart, so the face moves little between them; on a CPU this is
-    what brings detection under the decoder's cost on 1080p clips.
+    before and after (held at the ends), at the lower of their scores. With 32 of 300 frames sampled
+    and k=4 the searched frames are 1.25 s apart; on the shared real clips (two DFDC videos, carphone)
+    the interpolated boxes overlap the detector's own boxes of those frames by IoU 0.86-0.91 on
+    average (landmarks off by 9-16 % of the eye distance). On a CPU this is what brings detection
+    under the decoder's cost on 1080p clips (`bench deepfake`).
     """
     if mode not in EXTRACT_MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {EXTRACT_MODES}")

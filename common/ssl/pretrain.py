@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 
@@ -143,21 +144,21 @@ def pretrain_size(cfg) -> list[int]:
     return [int(v) for v in (cfg.ssl.image_size or cfg.data.image_size)]
 
 
-def check_pretrain_config(cfg, comp=None) -> None:
-    """`validate_config` (with the competition's task checks), then the pretext task's input sizes on
-    the backbone (untrained: the architecture is what matters), so that a bad size fails before any
-    folder, cache or epoch."""
+def check_pretrain_config(cfg, comp=None) -> "PhotoTables | None":
+    """`validate_config` (with the competition's task checks), the tables of an image competition
+    (returned, so that they are read once), then the pretext task's input sizes on the backbone
+    (untrained: the architecture is what matters), so that a bad root, table or size fails before
+    any folder, cache or epoch."""
     from common.tasks import TASKS
 
     validate_config(cfg, TASKS.get(comp.task) if comp is not None else None)
     if extra_image_paths(cfg) and comp is not None and comp.task == "video":
         raise ConfigError("ssl.extra_images: deepfake pretrains on the face crops of its videos; "
                           "extra images are for the image competitions")
-    if comp is not None and comp.task != "video":  # a bad data root or table: an error, not an empty run folder
-        root = Path(distributed.on_main(resolve_data_root, cfg, comp.name, comp.slug, comp.write_demo))
-        comp.read_train(root, cfg), comp.read_test(root)
+    tables = photo_tables(comp, cfg) if comp is not None and comp.task != "video" else None
     backbone = create_backbone(cfg.model.backbone, False)
     check_backbone_inputs(cfg.ssl.method, backbone, pretrain_size(cfg), cfg.ssl, cfg.model.backbone)
+    return tables
 
 
 @dataclass
@@ -192,13 +193,26 @@ def extra_image_paths(cfg) -> list[str]:
     return paths
 
 
-def photo_items(comp, cfg, size) -> PretextImages:
+@dataclass
+class PhotoTables:
+    """An image competition's train and test tables (every listed image checked) and the paths of
+    `ssl.extra_images`: read before the run folder exists."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    extra: list[str]
+
+
+def photo_tables(comp, cfg) -> PhotoTables:
+    root = Path(distributed.on_main(resolve_data_root, cfg, comp.name, comp.slug, comp.write_demo))
+    return PhotoTables(comp.read_train(root, cfg), comp.read_test(root), extra_image_paths(cfg))
+
+
+def photo_items(comp, cfg, size, tables: PhotoTables) -> PretextImages:
     """Image competitions: every train and test image at the pretraining size, and the unlabelled
     images of `ssl.extra_images`; identities pair micle's photos and are what the kNN check
     recognises."""
-    root = Path(distributed.on_main(resolve_data_root, cfg, comp.name, comp.slug, comp.write_demo))
-    train_df, test_df = comp.read_train(root, cfg), comp.read_test(root)
-    extra = extra_image_paths(cfg)
+    train_df, test_df, extra = tables.train, tables.test, tables.extra
     data_cfg = copy.deepcopy(cfg)
     data_cfg.data.image_size = size
     images = ImageSet(data_cfg, comp.name, train_df, test_df, extra).images  # at the pretraining size
@@ -238,12 +252,13 @@ def face_crop_items(comp, cfg) -> PretextImages:
 def pretrain(comp, cfg) -> Path:
     """Pretrain `model.backbone` with `ssl.method` on all images of the data root (for deepfake: all
     cached face crops); returns the run directory."""
-    run, cfg = open_run(comp, cfg, check=lambda c: check_pretrain_config(c, comp))  # resume: the saved config
+    checked = []  # the tables the check read (image competitions), reused below
+    run, cfg = open_run(comp, cfg, check=lambda c: checked.append(check_pretrain_config(c, comp)))  # resume: saved config
     method, main = cfg.ssl.method, distributed.is_main()
     seed_everything(cfg.seed)
     size = pretrain_size(cfg)
     device = distributed.init(cfg)
-    source = face_crop_items(comp, cfg) if comp.task == "video" else photo_items(comp, cfg, size)
+    source = face_crop_items(comp, cfg) if comp.task == "video" else photo_items(comp, cfg, size, checked[0])
     images = source.images
     if main:
         save_config(cfg, run / "config.yaml")

@@ -89,12 +89,13 @@ def _whales(dst: Path) -> Path:
 
     params = dict(n_identities=30, n_train=150, n_test=60, seed=0)
     unlabeled = dict(n_identities=100, n_train=500, n_test=20, seed=1)  # other whales: pretext-only images
+    arrangement = {**params, "unlabeled": unlabeled}
     marker = dst / ".bench.json"
-    if marker.is_file() and json.loads(marker.read_text()) == {**params, "unlabeled": unlabeled}:
+    if marker.is_file() and json.loads(marker.read_text()) == arrangement:
         return dst
     write_demo(dst, progress=False, **params)
     write_demo(dst / UNLABELED, progress=False, **unlabeled)
-    marker.write_text(json.dumps({**params, "unlabeled": unlabeled}))
+    marker.write_text(json.dumps(arrangement))
     return dst
 
 

@@ -116,6 +116,33 @@ def test_l2_matching_equals_opencv_bfmatcher(scenes, mutual):
         assert set(zip(ia.tolist(), ib.tolist())) == {(m.queryIdx, m.trainIdx) for m in good}
 
 
+@pytest.mark.parametrize("mutual", [True, False])
+def test_rootsift_matching_equals_bfmatcher_on_hellinger_vectors(scenes, mutual):
+    """root=True gives cv2.BFMatcher's matches on sqrt(L1-normalised SIFT), and still separates scenes;
+    a second call (the reused per-thread buffer, now of another shape) gives the same answer."""
+    view1, view2, other = (extract(img, "sift", 1000, 512) for img in scenes)
+    hellinger = verify.root_descriptors(view1.descriptors)
+    np.testing.assert_allclose(np.linalg.norm(hellinger, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(hellinger ** 2, view1.descriptors / view1.descriptors.sum(1, keepdims=True),
+                               atol=1e-6)
+    for a, b in ((view1, view2), (view1, other), (view2, view1)):
+        da, db = verify.root_descriptors(a.descriptors), verify.root_descriptors(b.descriptors)
+        matcher = cv2.BFMatcher(cv2.NORM_L2)
+        good = [m for m, n in matcher.knnMatch(da, db, k=2) if m.distance < 0.8 * n.distance]
+        if mutual:
+            back = {m.queryIdx: m.trainIdx for m in matcher.match(db, da)}
+            good = [m for m in good if back[m.trainIdx] == m.queryIdx]
+        expected = {(m.queryIdx, m.trainIdx) for m in good}
+        for _ in range(2):
+            ia, ib = verify._matches(a, b, cv2.NORM_L2, 0.8, mutual, root=True)
+            # float32 ties can flip a match whose ratio is within rounding of 0.8; allow one
+            assert len(set(zip(ia.tolist(), ib.tolist())) ^ expected) <= 1
+    same, different = (count_inliers(view1, v, "sift", root=True) for v in (view2, other))
+    assert same > 30 and different < 10, (same, different)
+    with pytest.raises(ValueError, match="RootSIFT"):
+        count_inliers(view1, view2, "orb", root=True)
+
+
 def test_extract_resizes_caps_and_types():
     big = cv2.resize(scene(3), (1024, 768), interpolation=cv2.INTER_CUBIC)
     for method in METHODS:

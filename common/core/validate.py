@@ -96,7 +96,7 @@ def _check_sizes(cfg) -> None:
     _choice(cfg, "infer.verify", ("none", "sift", "orb", "akaze"))
     _number(cfg, "loss.relation_hidden", int, 1)
     for key in ("train.ema", "train.full_fit", "infer.dba", "infer.query_expansion", "infer.kreciprocal",
-                "infer.learned_rerank"):
+                "infer.learned_rerank", "infer.verify_root"):
         _choice(cfg, key, (True, False))
     _number(cfg, "pseudo.rounds", int, 0)
     precision = _value(cfg, "pseudo.precision")

@@ -15,6 +15,7 @@ content: a renamed or re-downloaded copy of an image is still a hit. OpenCV only
 """
 from __future__ import annotations
 
+import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -148,13 +149,43 @@ class FeatureCache:
         return self._compute(path, file)
 
 
+def root_descriptors(descriptors: np.ndarray) -> np.ndarray:
+    """RootSIFT (Arandjelovic & Zisserman, CVPR 2012): each descriptor L1-normalised, then square-rooted.
+
+    Euclidean distance between RootSIFT vectors is the Hellinger kernel between the original SIFT
+    histograms, which weighs the many small bins more and the few dominant (often edge-saturated)
+    bins less; it finds more correct matches for the same cost. The results are unit vectors, so a
+    dot product is all the matching needs. Applied when features are matched: the cache keeps plain
+    SIFT, and switching it on or off never recomputes features.
+    """
+    d = descriptors.astype(np.float32)
+    d /= d.sum(1, keepdims=True) + 1e-7
+    return np.sqrt(d, out=d)
+
+
+_buffers = threading.local()
+
+
+def _similarity_buffer(rows: int, cols: int) -> np.ndarray:
+    """A per-thread float32 [rows, cols] scratch matrix, reused between pairs: a fresh 4 MB result per
+    pair costs page faults and cold caches that took as long as the product itself (about 10 ms
+    instead of 5 for 1000 x 1000 SIFT features, one thread)."""
+    buffer = getattr(_buffers, "similarity", None)
+    if buffer is None or buffer.size < rows * cols:
+        buffer = np.empty(max(rows * cols, 1), np.float32)
+        _buffers.similarity = buffer
+    return buffer[:rows * cols].reshape(rows, cols)
+
+
 def _matches(a: LocalFeatures, b: LocalFeatures, norm: int, ratio: float,
-             mutual: bool) -> tuple[np.ndarray, np.ndarray]:
+             mutual: bool, root: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Indices (in a, in b) of the matches that pass Lowe's ratio test (the nearest neighbour clearly
     nearer than the second) and, optionally, the mutual check (a's match in b has a as its own nearest).
 
-    L2 descriptors (SIFT) use one float32 BLAS distance matrix, which gives both directions at once:
-    about 7x faster than cv2.BFMatcher's knnMatch plus a reverse match. Binary ones use BFMatcher.
+    L2 descriptors (SIFT) use one float32 BLAS product, which gives both directions at once: about 14x
+    faster than cv2.BFMatcher's knnMatch plus a reverse match. With `root` the descriptors become
+    RootSIFT unit vectors and the product is their similarity (squared distance 2 - 2 s); otherwise
+    squared distances are built from it. Binary descriptors use BFMatcher.
     """
     if norm == cv2.NORM_HAMMING:
         matcher = cv2.BFMatcher(norm)
@@ -166,17 +197,27 @@ def _matches(a: LocalFeatures, b: LocalFeatures, norm: int, ratio: float,
             keep = back[ib] == ia
             ia, ib = ia[keep], ib[keep]
         return ia, ib
-    da, db = a.descriptors.astype(np.float32), b.descriptors.astype(np.float32)
-    d2 = da @ db.T  # squared distances |a|^2 + |b|^2 - 2ab, built in place
-    d2 *= -2
-    d2 += np.einsum("ij,ij->i", da, da)[:, None]
-    d2 += np.einsum("ij,ij->i", db, db)[None]
-    np.maximum(d2, 0, out=d2)
-    ia, ib = np.arange(len(da)), d2.argmin(1)
-    back = d2.argmin(0) if mutual else None
-    best = d2[ia, ib].copy()
-    d2[ia, ib] = np.inf
-    keep = best < ratio ** 2 * d2.min(1)  # the ratio test on squared distances
+    if root:
+        da, db = root_descriptors(a.descriptors), root_descriptors(b.descriptors)
+    else:
+        da, db = a.descriptors.astype(np.float32), b.descriptors.astype(np.float32)
+    score = np.matmul(da, np.ascontiguousarray(db.T), out=_similarity_buffer(len(da), len(db)))
+    if not root:  # score = -(squared distance) / 2 up to a constant per row: |a|^2 + |b|^2 - 2ab
+        score -= 0.5 * np.einsum("ij,ij->i", db, db)[None]
+    ia, ib = np.arange(len(da)), score.argmax(1)
+    back = None
+    if mutual:  # b's nearest in a: the column's best of -(|a|^2 - 2ab)/2, so a's norm instead of b's
+        back = (score + 0.5 * np.einsum("ij,ij->i", db, db)[None] - 0.5 * np.einsum("ij,ij->i", da, da)[:, None]
+                ).argmax(0) if not root else score.argmax(0)
+    best = score[ia, ib].copy()
+    score[ia, ib] = -np.inf
+    second = score.max(1)
+    if root:
+        d_best, d_second = np.maximum(2 - 2 * best, 0), np.maximum(2 - 2 * second, 0)
+    else:
+        norms = np.einsum("ij,ij->i", da, da)
+        d_best, d_second = np.maximum(norms - 2 * best, 0), np.maximum(norms - 2 * second, 0)
+    keep = d_best < ratio ** 2 * d_second  # the ratio test on squared distances
     if mutual:
         keep &= back[ib] == ia
     return ia[keep], ib[keep]
@@ -184,20 +225,23 @@ def _matches(a: LocalFeatures, b: LocalFeatures, norm: int, ratio: float,
 
 def count_inliers(a: LocalFeatures, b: LocalFeatures, method: str = "sift", ratio: float = 0.8,
                   model: str = "homography", ransac_threshold: float | None = None, min_matches: int = 8,
-                  mutual: bool = True) -> int:
+                  mutual: bool = True, root: bool = False) -> int:
     """How many matches between two images agree with one geometric model fitted robustly.
 
     `model="homography"` (a plane seen from two viewpoints: a flank, a fluke, a facade; strict, so
     lookalikes keep very few inliers) or `"fundamental"` (any rigid 3-D scene: looser, more inliers
     by chance). MAGSAC++ when OpenCV has it, else RANSAC. 0 when fewer than `min_matches` matches
-    survive the ratio test, or the estimation fails.
+    survive the ratio test, or the estimation fails. `root` matches SIFT as RootSIFT
+    (`root_descriptors`); it is an error for the binary methods, which have no such form.
     """
+    if root and method != "sift":
+        raise ValueError(f"root=True (RootSIFT) needs method='sift', not {method!r}")
     if model not in DEFAULT_THRESHOLD:
         raise ValueError(f"unknown model {model!r}; choices: {', '.join(DEFAULT_THRESHOLD)}")
     min_matches = max(min_matches, 8 if model == "fundamental" else 4)
     if len(a.descriptors) < 2 or len(b.descriptors) < 2:
         return 0
-    ia, ib = _matches(a, b, _method(method).norm, ratio, mutual)
+    ia, ib = _matches(a, b, _method(method).norm, ratio, mutual, root)
     if len(ia) < min_matches:
         return 0
     pa, pb = a.xy[ia], b.xy[ib]
@@ -219,7 +263,7 @@ def verify_shortlist(query_paths: Sequence[str | Path], gallery_paths: Sequence[
 
     `shortlist_ids[i, j]` indexes `gallery_paths` (the kNN shortlist of query i); -1 means no
     candidate and scores 0. The counts re-score the shortlist: same individual, many inliers.
-    `match_kwargs` go to `count_inliers` (ratio, model, ransac_threshold, min_matches, mutual).
+    `match_kwargs` go to `count_inliers` (ratio, model, ransac_threshold, min_matches, mutual, root).
     `workers` > 1 verifies queries in threads (OpenCV and BLAS release the GIL).
     """
     ids = np.asarray(shortlist_ids, dtype=np.int64)

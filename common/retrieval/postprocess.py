@@ -229,12 +229,11 @@ def verify(cfg, cache_dir, query_paths, gallery_paths, ids: np.ndarray, desc: st
     k = min(int(infer.verify_k), ids.shape[1])
     cache = FeatureCache(cache_dir, infer.verify, int(infer.verify_features), int(infer.verify_side))
     needed = sorted({int(g) for g in ids[:, :k].ravel() if g >= 0})
-    print(f"{desc}: {infer.verify}{' (RootSIFT)' if infer.get('verify_root') and infer.verify == 'sift' else ''} "
-          f"verification of {len(query_paths)} queries x top {k} "
-          f"({len(needed)} gallery images)", flush=True)
+    root = bool(infer.get("verify_root", False)) and infer.verify == "sift"  # runs saved before the key: plain
+    print(f"{desc}: {infer.verify}{' (RootSIFT)' if root else ''} verification of {len(query_paths)} queries "
+          f"x top {k} ({len(needed)} gallery images)", flush=True)
     cache.fill([*query_paths, *(gallery_paths[g] for g in needed)], progress=cfg.progress, workers=workers(cfg))
     inliers = np.zeros(ids.shape, np.int32)
-    root = bool(infer.get("verify_root", False)) and infer.verify == "sift"  # runs saved before the key: plain
     inliers[:, :k] = verify_shortlist(query_paths, gallery_paths, ids[:, :k], cache, progress=cfg.progress,
                                       workers=workers(cfg), root=root)
     return inliers

@@ -202,21 +202,18 @@ def _matches(a: LocalFeatures, b: LocalFeatures, norm: int, ratio: float,
     else:
         da, db = a.descriptors.astype(np.float32), b.descriptors.astype(np.float32)
     score = np.matmul(da, np.ascontiguousarray(db.T), out=_similarity_buffer(len(da), len(db)))
-    if not root:  # score = -(squared distance) / 2 up to a constant per row: |a|^2 + |b|^2 - 2ab
-        score -= 0.5 * np.einsum("ij,ij->i", db, db)[None]
+    if root:  # unit vectors: squared distance 2 - 2 ab
+        row_norm, back = 2.0, score.argmax(0) if mutual else None
+    else:  # score = ab - |b|^2 / 2, so squared distance |a|^2 + |b|^2 - 2ab = |a|^2 - 2 score along a row
+        na, nb = np.einsum("ij,ij->i", da, da), np.einsum("ij,ij->i", db, db)
+        score -= 0.5 * nb[None]
+        # b's nearest in a: the column's best of ab - |a|^2 / 2 (a's norm instead of b's)
+        back = (score + 0.5 * (nb[None] - na[:, None])).argmax(0) if mutual else None
+        row_norm = na
     ia, ib = np.arange(len(da)), score.argmax(1)
-    back = None
-    if mutual:  # b's nearest in a: the column's best of -(|a|^2 - 2ab)/2, so a's norm instead of b's
-        back = (score + 0.5 * np.einsum("ij,ij->i", db, db)[None] - 0.5 * np.einsum("ij,ij->i", da, da)[:, None]
-                ).argmax(0) if not root else score.argmax(0)
     best = score[ia, ib].copy()
     score[ia, ib] = -np.inf
-    second = score.max(1)
-    if root:
-        d_best, d_second = np.maximum(2 - 2 * best, 0), np.maximum(2 - 2 * second, 0)
-    else:
-        norms = np.einsum("ij,ij->i", da, da)
-        d_best, d_second = np.maximum(norms - 2 * best, 0), np.maximum(norms - 2 * second, 0)
+    d_best, d_second = np.maximum(row_norm - 2 * best, 0), np.maximum(row_norm - 2 * score.max(1), 0)
     keep = d_best < ratio ** 2 * d_second  # the ratio test on squared distances
     if mutual:
         keep &= back[ib] == ia

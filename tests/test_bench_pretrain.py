@@ -35,3 +35,14 @@ def test_every_pretext_method_is_a_row_and_a_bad_seed_is_refused():
     assert {"nyala", "omniglot2"} <= set(pretrain.DATASETS)
     with pytest.raises(ConfigError, match="seeds="):
         pretrain.parse_options(["seeds=a,b"])
+
+
+def test_pretext_from_random_weights_gets_its_own_lr_which_a_user_key_still_overrides(tmp_path):
+    def ssl_lr(init, overrides):
+        spec = pretrain.INITS[init]
+        return pretrain.whale_config(tmp_path, tmp_path, "omniglot", "x", list(spec["keys"]), overrides,
+                                     spec.get("budget", [])).ssl.lr
+
+    assert ssl_lr("simclr", []) == 0.003
+    assert ssl_lr("imagenet+simclr", []) == 0.001  # the BUDGET's: adapting ImageNet weights
+    assert ssl_lr("simclr", ["ssl.lr=0.01"]) == 0.01

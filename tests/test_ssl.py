@@ -187,6 +187,18 @@ def test_exemplar_copies_are_strongly_transformed():
     assert "Affine" in names and "ColorJitter" in names and "HorizontalFlip" not in names
 
 
+@pytest.mark.parametrize("size, blurred, smallest", [((40, 40), False, (28 / 40) ** 2), ((32, 64), False, (28 / 32) ** 2),
+                                                    ((128, 128), True, 0.2), ((20, 20), False, 1.0)])
+def test_simclr_views_are_sized_for_the_image(size, blurred, smallest):
+    """Small images get no blur and no crop under 28 px a side; 64 px and up, SimCLR's own recipe."""
+    transforms = create_pretext("simclr", tiny_backbone(), size, ssl_options()).transform().transforms
+    names = [type(t).__name__ for t in transforms]
+    assert ("GaussianBlur" in names) == blurred
+    crop = next(t for t in transforms if type(t).__name__ == "RandomResizedCrop")
+    assert crop.scale == pytest.approx((smallest, 1.0))
+    assert tuple(crop.size) == size
+
+
 def test_inpainting_mask_hides_the_stated_region_and_the_loss_weights_it():
     center = inpainting_mask((48, 96), 0.25, "center", batch=2)
     assert center.shape == (2, 1, 48, 96)

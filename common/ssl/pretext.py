@@ -204,6 +204,10 @@ class PretextTask(nn.Module):
         raise NotImplementedError
 
 
+BLUR_MIN_SIDE = 64  # simclr: views of smaller images are not blurred
+MIN_CROP_SIDE = 28  # simclr: pixels on the shorter side of the smallest random crop (before resizing)
+
+
 @register("simclr")
 class SimCLR(PretextTask):
     """Chen et al. 2020: two random views per image, a projection MLP, NT-Xent over the batch."""
@@ -216,14 +220,23 @@ class SimCLR(PretextTask):
         self.projector = projection_mlp(backbone.num_features, int(options["projection_dim"]))
 
     def transform(self) -> A.Compose:
+        """SimCLR's views, sized for the image: below `BLUR_MIN_SIDE` pixels no blur (the paper drops it
+        for 32-px CIFAR: a 5-px kernel erases 1-px strokes), and a crop never smaller than
+        `MIN_CROP_SIDE` pixels on its side (a 20 % crop of a 40-px character is an 18-px stroke
+        fragment that shares nothing with the other view). Omniglot at 40 px from random
+        EfficientNet-Lite0, AdamW 3e-3, batch 32, steps 241-280: NT-Xent 3.26 with these views, 3.84
+        with the 224-px recipe (chance 4.14)."""
         height, width = self.image_size
-        blur = max(3, int(0.1 * min(height, width)) // 2 * 2 + 1)  # odd kernel, about 10% of the image
+        side = min(height, width)
+        smallest = min(1.0, max(0.2, (MIN_CROP_SIDE / side) ** 2))  # share of the area
+        blur = [] if side < BLUR_MIN_SIDE else [A.GaussianBlur(
+            blur_limit=(3, max(3, int(0.1 * side) // 2 * 2 + 1)), sigma_limit=(0.1, 2.0), p=0.5)]  # kernel ~10 %
         return A.Compose([
-            A.RandomResizedCrop(size=(height, width), scale=(0.2, 1.0), ratio=_aspect_preserving_ratio(height, width)),
+            A.RandomResizedCrop(size=(height, width), scale=(smallest, 1.0), ratio=_aspect_preserving_ratio(height, width)),
             A.HorizontalFlip(p=0.5),
             A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8),
             A.ToGray(p=0.2),
-            A.GaussianBlur(blur_limit=(3, blur), sigma_limit=(0.1, 2.0), p=0.5),
+            *blur,
             *_normalize(),
         ])
 

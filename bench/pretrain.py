@@ -253,13 +253,21 @@ def run_init(root: Path, out: Path, dataset: str, init: str, overrides: list[str
         metrics = json.loads((run / "metrics.json").read_text())
         row.update(status="ok", test_map5=metrics.get("test_map5"), trivial_map5=metrics.get("test_baseline_map5"),
                    top1=closed_set_top1(run / "submission.csv", root / "test_truth.csv"),
-                   oof_map5=metrics.get("oof_map5"), finetune_seconds=round(metrics.get("train_minutes", 0) * 60, 1))
+                   oof_map5=metrics.get("oof_map5"), finetune_seconds=round(metrics.get("train_minutes", 0) * 60, 1),
+                   best_epoch=fine_tuned_epoch(run))
     except Exception as exc:  # a crashing or diverging init is a result, not the end of the bench
         with open(log, "a") as sink:
             traceback.print_exc(file=sink)
         row["status"] = f"{type(exc).__name__}: {exc}"
     row["seconds"] = round(time.time() - started, 1)
     return row
+
+
+def fine_tuned_epoch(run: Path) -> int | None:
+    """The fine-tune's kept epoch (fold 0's `done.json`): 0 means no epoch beat the starting weights, so
+    the row scores its init untouched (the epoch-0 guard), not a fine-tuned model."""
+    done = run / "fold0" / "done.json"
+    return json.loads(done.read_text()).get("best_epoch") if done.is_file() else None
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -270,7 +278,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 COLUMNS = [("init", "init", None), ("seed", "seed", None), ("knn_top1", "kNN top-1 (frozen)", 3),
            ("test_map5", "test MAP@5", 3), ("trivial_map5", "trivial MAP@5", 3), ("top1", "top-1 (known)", 3),
-           ("oof_map5", "OOF MAP@5", 3),
+           ("oof_map5", "OOF MAP@5", 3), ("best_epoch", "kept epoch", None),
            ("pretext_loss", "pretext loss", 3), ("chance_loss", "chance", 3), ("pretrain_seconds", "pretrain s", 0),
            ("finetune_seconds", "fine-tune s", 0), ("status", "status", None)]
 
@@ -326,7 +334,9 @@ def report(rows: list[dict], summaries: dict[str, str], datasets: list[str], ini
              "Cells: test MAP@5 (new_whale at the OOF-tuned threshold) / closed-set top-1 on known test "
              "identities (frozen-feature leave-one-out kNN top-1 on train identities before fine-tuning); "
              "mean ± std over the seeds (each seed its own pretraining, fold split and fine-tuning). "
-             "The per-dataset tables give each pretext task's last-epoch loss beside its chance level.", "",
+             "The per-dataset tables give each pretext task's last-epoch loss beside its chance level, and "
+             "the fine-tune's kept epoch: 0 means no epoch beat the starting weights on OOF, so that row scores "
+             "its init untouched.", "",
              summary_table(rows, datasets, inits), "",
              f"Budget: `{' '.join(budget)}`; image sizes (h, w): "
              + ", ".join(f"{d} {DATASETS[d][1]}" for d in datasets), "",

@@ -161,6 +161,18 @@ def finished_run(run: Path, cfg) -> bool:
     return (run / "metrics.json").is_file() and saved.is_file() and yaml.safe_load(saved.read_text()) == cfg.to_dict()
 
 
+def fold_dirs(run: Path) -> list[Path]:
+    """A run's `fold<k>/` folders, in fold order."""
+    return sorted(d for d in run.glob("fold*") if d.is_dir() and d.name[len("fold"):].isdigit())
+
+
+def kept_epochs(run: Path) -> str | None:
+    """Each trained fold's kept (best) epoch from its `done.json`, comma-joined; '0' means no epoch beat
+    the starting weights, so that fold scores its init untouched (the epoch-0 guard). None: no fold done."""
+    done = [json.loads((d / "done.json").read_text()) for d in fold_dirs(run) if (d / "done.json").is_file()]
+    return ",".join(str(d["best_epoch"]) for d in done) if done else None
+
+
 def run_method(root: Path, out: Path, dataset: str, method: str, overrides: list[str], seed: int | None = None, *,
                reuse: bool = False, verbose: bool = False) -> dict:
     """Train one method on one dataset through the whale pipeline; one row of results."""

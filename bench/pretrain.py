@@ -48,7 +48,7 @@ from typing import Callable
 import pandas as pd
 
 from bench.datasets import ONE_FOLD
-from bench.heads import closed_set_top1, dataset_summary, finished_run
+from bench.heads import closed_set_top1, dataset_summary, finished_run, kept_epochs
 from bench.options import name_list, split_options
 from common.core.config import load_config
 from common.core.errors import ConfigError, DataError
@@ -254,20 +254,13 @@ def run_init(root: Path, out: Path, dataset: str, init: str, overrides: list[str
         row.update(status="ok", test_map5=metrics.get("test_map5"), trivial_map5=metrics.get("test_baseline_map5"),
                    top1=closed_set_top1(run / "submission.csv", root / "test_truth.csv"),
                    oof_map5=metrics.get("oof_map5"), finetune_seconds=round(metrics.get("train_minutes", 0) * 60, 1),
-                   best_epoch=fine_tuned_epoch(run))
+                   best_epoch=kept_epochs(run))
     except Exception as exc:  # a crashing or diverging init is a result, not the end of the bench
         with open(log, "a") as sink:
             traceback.print_exc(file=sink)
         row["status"] = f"{type(exc).__name__}: {exc}"
     row["seconds"] = round(time.time() - started, 1)
     return row
-
-
-def fine_tuned_epoch(run: Path) -> int | None:
-    """The fine-tune's kept epoch (fold 0's `done.json`): 0 means no epoch beat the starting weights, so
-    the row scores its init untouched (the epoch-0 guard), not a fine-tuned model."""
-    done = run / "fold0" / "done.json"
-    return json.loads(done.read_text()).get("best_epoch") if done.is_file() else None
 
 
 def _fmt(value, digits: int = 3) -> str:

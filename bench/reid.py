@@ -70,7 +70,8 @@ import pandas as pd
 
 from bench.datasets import (ONE_FOLD, OMNIGLOT_ZIPS, ORL_DIR, SHARED_DATA, write_omniglot_whale_format,
                             write_orl_whale_format)
-from bench.heads import _fmt, _maybe_redirect, baseline_row, closed_set_top1, dataset_summary, finished_run
+from bench.heads import (_fmt, _maybe_redirect, baseline_row, closed_set_top1, dataset_summary, finished_run,
+                         fold_dirs, kept_epochs)
 from bench.options import name_list, split_options
 from common.core.config import load_config, save_config
 from common.core.errors import ConfigError, DataError
@@ -210,14 +211,10 @@ def _zero_epochs(real_train_fold):
     return train_fold
 
 
-def _fold_dirs(run: Path) -> list[Path]:
-    return sorted(d for d in run.glob("fold*") if d.is_dir() and d.name[len("fold"):].isdigit())
-
-
 def _folds_signature(run: Path) -> str:
     """Hash of a run's trained folds (their models and out-of-fold answers)."""
     digest = hashlib.sha1()
-    for fold_dir in _fold_dirs(run):
+    for fold_dir in fold_dirs(run):
         for name in ("best.pt", "oof.csv", "classes.json"):
             digest.update((fold_dir / name).read_bytes())
     return digest.hexdigest()
@@ -228,7 +225,7 @@ def seed_from(run: Path, source: Path, cfg) -> None:
     `train ... resume=true` reuses the folds and runs the rest of the pipeline under `cfg`."""
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
-    for fold_dir in _fold_dirs(source):
+    for fold_dir in fold_dirs(source):
         shutil.copytree(fold_dir, run / fold_dir.name, ignore=shutil.ignore_patterns("last.pt"))
     shutil.copy2(source / "log.csv", run / "log.csv")  # the reused folds' training history
     shutil.copy2(source / "folds.csv", run / "seed_folds.csv")  # checked against the run's own split afterwards
@@ -291,14 +288,13 @@ def run_row(root: Path, out: Path, dataset: str, row: str, budget: str, override
         if abs(closed - metrics["test_top1_known_closed"]) > 1e-9:  # two readings of the same answers
             status = f"top-1 mismatch: submission.csv gives {closed:.4f}"
         log_csv = pd.read_csv(run / "log.csv")
-        done = [json.loads((d / "done.json").read_text()) for d in _fold_dirs(run) if (d / "done.json").is_file()]
         cost = json.loads(timing.read_text())
         return {**result, "status": status,
                 **{k: metrics.get(k) for k in ("test_map5", "test_top1_known_closed", "test_top1_known",
                                                 "test_new_first", "test_baseline_map5", "oof_map5",
                                                 "oof_map5_plain", "threshold")},
                 "postprocess": metrics.get("postprocess", "none"),
-                "best_epoch": ",".join(str(d["best_epoch"]) for d in done) if done else None,
+                "best_epoch": kept_epochs(run),
                 "epoch0_oof_map5": float(log_csv[log_csv.epoch == 0].map5.mean()),
                 "seconds": cost["seconds"], "cpu_seconds": cost["cpu_seconds"]}
     except Exception as exc:  # a row that crashes is a result, not the end of the bench

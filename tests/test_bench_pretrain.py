@@ -52,11 +52,11 @@ def test_the_table_says_which_epoch_the_fine_tune_kept(tmp_path):
     import json
 
     (tmp_path / "fold0").mkdir()
-    assert pretrain.fine_tuned_epoch(tmp_path) is None
+    assert pretrain.kept_epochs(tmp_path) is None
     (tmp_path / "fold0" / "done.json").write_text(json.dumps({"fold": 0, "best_epoch": 0, "map5": 0.4}))
-    assert pretrain.fine_tuned_epoch(tmp_path) == 0
+    assert pretrain.kept_epochs(tmp_path) == "0"
     table = pretrain.markdown_table([{"dataset": "orl", "init": "random", "seed": 42, "test_map5": 0.4,
-                                      "best_epoch": 0, "status": "ok"}])
+                                      "best_epoch": "0", "status": "ok"}])
     header, _, row = table.splitlines()
     assert "kept epoch" in header
     assert row.split(" | ")[header.split(" | ").index("kept epoch")] == "0"

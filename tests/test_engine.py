@@ -199,6 +199,26 @@ def test_class_balanced_and_binary_balanced_samplers_are_sharded_and_reproducibl
         assert half == [b[1::2] for b in first]  # rank 1 of 2: its slice of every global batch
 
 
+def test_augmentations_follow_the_seed_in_the_main_process():
+    """albumentations 2 ignores torch/numpy seeds; with num_workers=0 the loader seeds the pipeline
+    itself, so two runs with one seed see the same augmented images (and another seed others)."""
+    from common.data.augment import build_transform
+    from common.data.images import ImageDataset
+    from common.data.loaders import make_loader
+
+    cfg = load_config(load("whales").config_path, ["train.batch_size=4", "data.num_workers=0"])
+    images = [np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8) for i in range(8)]
+    labels = np.arange(8) % 2
+
+    def batches(seed: int) -> list[torch.Tensor]:
+        dataset = ImageDataset(images, np.arange(8), labels, build_transform("strong", (32, 32)))
+        return [b[0] for b in make_loader(cfg, dataset, labels, seed=seed, sampler="random")]
+
+    first, again, other = batches(3), batches(3), batches(4)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch, capsys):
     from common.engine import distributed
 

@@ -260,11 +260,18 @@ class ImageDataset(Dataset):
         return img, label
 
 
-def reseed_worker_transform(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: albumentations 2 keeps its own random state, which forked workers
-    would share (identical augmentations in every worker, and every epoch without persistent
-    workers); reseed it from the worker's torch seed, which differs per worker and per epoch."""
-    info = get_worker_info()
-    transform = getattr(info.dataset, "transform", None)
+def seed_transform(dataset, seed: int) -> None:
+    """Seed the albumentations pipeline of `dataset` (if it has one). albumentations 2 keeps its own
+    random state, drawn afresh for every `Compose` and deaf to `np.random.seed`/`torch.manual_seed`:
+    unseeded, two runs with the same `seed` see different augmentations and end differently."""
+    transform = getattr(dataset, "transform", None)
     if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(info.seed % 2 ** 32)
+        transform.set_random_seed(int(seed) % 2 ** 32)
+
+
+def reseed_worker_transform(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: forked workers would share the pipeline's random state (identical
+    augmentations in every worker, and every epoch without persistent workers); reseed it from the
+    worker's torch seed, which differs per worker and per epoch and follows the run's seed."""
+    info = get_worker_info()
+    seed_transform(info.dataset, info.seed)

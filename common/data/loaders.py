@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.core.registry import Registry
-from common.data.images import reseed_worker_transform
+from common.data.images import reseed_worker_transform, seed_transform
 from common.data.samplers import PKSampler, RandomBatchSampler, WeightedBatchSampler
 from common.engine import distributed
 
@@ -94,5 +94,6 @@ def make_loader(cfg, dataset, labels: Sequence, seed: int, *, default: str = "ra
     if distributed.world_size() > 1:
         batches = distributed.ShardedBatchSampler(batches, distributed.rank(), distributed.world_size())
     workers = int(cfg.data.num_workers)
+    seed_transform(dataset, seed)  # augmentations in the main process (num_workers=0) follow the seed too
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0, worker_init_fn=reseed_worker_transform)

@@ -14,6 +14,29 @@ def test_frozen_knn_of_random_features_on_orl(shared_data, tmp_path):
     assert 0.0 <= found["knn_top1"] <= 1.0 and 0.0 <= found["knn_map5"] <= 1.0
 
 
+def test_frozen_test_top1_reads_the_init_it_is_given(shared_data, tmp_path):
+    """Test images against train images on frozen features: far above chance (1/30) for random
+    features of aligned ORL faces, and model.init is the backbone it measures."""
+    import pytest
+    import torch
+
+    from common.core.errors import ConfigError
+    from common.models.network import create_backbone
+
+    make, _ = pretrain.DATASETS["orl"]
+    root = make(tmp_path / "data")
+    keys = list(pretrain.INITS["random"]["keys"])
+    random_top1 = pretrain.frozen_test_top1(pretrain.whale_config(root, tmp_path, "orl", "a", keys, []))
+    assert 0.3 < random_top1 <= 1.0
+    state = create_backbone("efficientnet_lite0", False).state_dict()  # all zero: every image looks alike
+    torch.save({f"backbone.{k}": torch.zeros_like(v) for k, v in state.items()}, tmp_path / "blank.pt")
+    blank = pretrain.whale_config(root, tmp_path, "orl", "b", [*keys, f"model.init={tmp_path / 'blank.pt'}"], [])
+    assert pretrain.frozen_test_top1(blank) < 0.1
+    with pytest.raises(ConfigError, match="model.init"):
+        pretrain.frozen_test_top1(pretrain.whale_config(root, tmp_path, "orl", "c",
+                                                        [*keys, f"model.init={tmp_path / 'none.pt'}"], []))
+
+
 def test_seeds_are_parsed_and_the_summary_gives_mean_and_std():
     options, overrides = pretrain.parse_options(["seeds=1,2,3", "inits=random,rotation", "train.epochs=2"])
     assert options["seeds"] == [1, 2, 3] and options["inits"] == ["random", "rotation"]
@@ -22,7 +45,7 @@ def test_seeds_are_parsed_and_the_summary_gives_mean_and_std():
             for v in (0.4, 0.5, 0.6)]
     rows.append({"dataset": "orl", "init": "rotation", "status": "ValueError: boom"})
     table = pretrain.summary_table(rows, ["orl"], ["random", "rotation"])
-    assert "| random | 0.500 ± 0.100 / 0.500 ± 0.000 (–) [3 seeds] |" in table
+    assert "| random | 0.500 ± 0.100 / 0.500 ± 0.000 (–; –) [3 seeds] |" in table
     assert "| rotation | – |" in table  # a failed row is no result
 
 

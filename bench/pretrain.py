@@ -205,17 +205,18 @@ def frozen_embeddings(cfg, state, rows, desc: str):
                               desc=desc, progress=False)
 
 
-def frozen_knn(cfg) -> dict:
-    """Leave-one-out kNN identification among the train images of known identity, on frozen features."""
+def frozen_knn(cfg, state=None) -> dict:
+    """Leave-one-out kNN identification among the train images of known identity, on frozen features.
+    `state`: the whale task's tables and cache for `cfg`, if the caller has them already."""
     from common.ssl.pretrain import knn_identification, knn_rows
 
-    state = _whale_state(cfg)
+    state = state if state is not None else _whale_state(cfg)
     labels = state.train_df.label.to_numpy(dtype=object)
     rows = knn_rows(labels, NEW_WHALE, int(cfg.ssl.get("knn_images", 2000)), cfg.seed)
     return knn_identification(frozen_embeddings(cfg, state, rows, "kNN check"), labels[rows])
 
 
-def frozen_test_top1(cfg) -> float | None:
+def frozen_test_top1(cfg, state=None) -> float | None:
     """Closed-set top-1 of frozen features: each test image of a known identity against every train
     image of known identity (its nearest one's label). Unlike the pretext run's kNN check, which keeps
     its best epoch on the very train images it then reports, no label of these queries chose anything,
@@ -223,18 +224,19 @@ def frozen_test_top1(cfg) -> float | None:
     on its own check, 0.20 here; random weights 0.23). None without test_truth.csv."""
     import numpy as np
 
-    state = _whale_state(cfg)
-    if state.truth is None:
+    from common.retrieval.index import l2_normalize
+
+    state = state if state is not None else _whale_state(cfg)
+    truth = state.test_truth()
+    if truth is None:
         return None
-    truth = dict(zip(state.truth.image, state.truth.label))
-    test_labels = np.array([truth.get(image, NEW_WHALE) for image in state.test.image], dtype=object)
+    test_labels = truth.to_numpy(dtype=object)
     gallery = np.flatnonzero(state.labels != NEW_WHALE)
     queries = np.flatnonzero(np.isin(test_labels, state.labels[gallery]))
     if len(queries) == 0:
         return None
     rows = np.concatenate([state.images.rows["train"][gallery], state.images.rows["test"][queries]])
-    emb = frozen_embeddings(cfg, state, rows, "frozen test top-1")
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    emb = l2_normalize(frozen_embeddings(cfg, state, rows, "frozen test top-1"))
     nearest = (emb[len(gallery):] @ emb[:len(gallery)].T).argmax(1)
     return float(np.mean(state.labels[gallery][nearest] == test_labels[queries]))
 
@@ -287,9 +289,10 @@ def run_init(root: Path, out: Path, dataset: str, init: str, overrides: list[str
             keys = ["model.pretrained=false", f"model.init={ssl_run / 'backbone.pt'}"]
         cfg = whale_config(root, out, dataset, f"pretrain-{tag}", keys, overrides)
         with _redirect(log, verbose):
+            state = _whale_state(cfg)  # one read of the tables and the image cache for both frozen columns
             if "ssl" not in spec:
-                row["knn_top1"] = frozen_knn(cfg)["knn_top1"]
-            row["frozen_test_top1"] = frozen_test_top1(cfg)
+                row["knn_top1"] = frozen_knn(cfg, state)["knn_top1"]
+            row["frozen_test_top1"] = frozen_test_top1(cfg, state)
         run = out / "runs" / COMPETITION.name / cfg.run.name
         if not (reuse and finished_run(run, cfg)):
             shutil.rmtree(run, ignore_errors=True)

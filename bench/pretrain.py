@@ -16,7 +16,7 @@ antelopes) and a small whale demo set. Reported per init x dataset x seed:
 * kNN top-1 (frozen): leave-one-out nearest-neighbour identification among the train images of
   known identity, on the backbone's GeM-pooled features *before* fine-tuning: what the init
   alone knows about identity (for a pretext task: its saved, best-kNN epoch, chosen on those same
-  images, so it flatters the pretext rows);
+  images, so it can flatter the pretext rows);
 * frozen test top-1: the same features, each test image of a known identity against the train
   images: no label of these queries chose an epoch, so every row is read alike;
 * test MAP@5 after fine-tuning (new_whale inserted at the OOF-tuned threshold) beside the trivial
